@@ -1,0 +1,202 @@
+"""Settings from the environment (12-factor), validated once at start."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography.fernet import Fernet
+
+from connector.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRAPH_URL = "https://graph.facebook.com"
+#: the version Meta's Business SDK pins today; every Graph version lives at least two years
+DEFAULT_API_VERSION = "v25.0"
+DEFAULT_SHOPIFY_ADMIN_URL_TEMPLATE = "https://{shop}"
+DEFAULT_SHOPIFY_SCOPES = "read_orders"
+SECRETS_FILE = "secrets.json"
+
+
+def normalize_database_url(url: str) -> str:
+    """Heroku hands out postgres://, which SQLAlchemy >= 1.4 rejects; we speak psycopg 3."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in {"postgres", "postgresql"}:
+        return f"postgresql+psycopg://{rest}"
+    return url
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the connector reads from its environment."""
+
+    env: str = "development"
+    instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
+    database_url: str = ""
+    encryption_keys: tuple[str, ...] = ()
+    secret_key: str = ""
+    app_url: str = "http://localhost:8000"
+    port: int = 8000
+    shopify_api_key: str | None = None
+    shopify_api_secret: str | None = None
+    shopify_api_secret_previous: str | None = None
+    shopify_scopes: str = DEFAULT_SHOPIFY_SCOPES
+    shopify_admin_url_template: str = DEFAULT_SHOPIFY_ADMIN_URL_TEMPLATE
+    meta_app_id: str | None = None
+    meta_app_secret: str | None = None
+    meta_graph_url: str = DEFAULT_GRAPH_URL
+    meta_api_version: str = DEFAULT_API_VERSION
+    #: where Facebook's login dialog lives (tests point it at a local fake)
+    meta_dialog_url: str = "https://www.facebook.com"
+    admin_password: str | None = None
+    #: dispatcher tuning
+    batch_size: int = 1000
+    lease_seconds: int = 120
+    poll_interval: float = 1.0
+    http_timeout: float = 20.0
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def graph_base(self) -> str:
+        """``{META_GRAPH_URL}/{META_API_VERSION}``, with no doubled slash."""
+        return f"{self.meta_graph_url.rstrip('/')}/{self.meta_api_version}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate; every problem is reported at once in one ConfigError."""
+        problems: list[str] = []
+        env = (
+            environ.get("CONNECTOR_ENV", "development").strip().lower() or "development"
+        )
+        if env not in {"development", "production", "test"}:
+            problems.append(
+                f"CONNECTOR_ENV must be development, production or test, not {env!r}"
+            )
+        instance_path = Path(
+            environ.get("CONNECTOR_INSTANCE_PATH") or "instance"
+        ).resolve()
+        database_url = normalize_database_url(
+            environ.get("DATABASE_URL") or f"sqlite:///{instance_path / 'connector.db'}"
+        )
+        keys = tuple(
+            k.strip()
+            for k in environ.get("CONNECTOR_ENCRYPTION_KEYS", "").split(",")
+            if k.strip()
+        )
+        for i, key in enumerate(keys, 1):
+            try:
+                Fernet(key)
+            except (ValueError, TypeError):
+                problems.append(
+                    f"CONNECTOR_ENCRYPTION_KEYS entry {i} is not a Fernet key "
+                    "(32 url-safe base64-encoded bytes; make one with `connector keys generate`)"
+                )
+        app_url = (environ.get("APP_URL") or "http://localhost:8000").rstrip("/")
+        parts = urlsplit(app_url)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            problems.append(f"APP_URL must be an absolute http(s) URL, not {app_url!r}")
+        port = _int(environ, "PORT", 8000, problems)
+        if env == "production":
+            if not keys:
+                problems.append("CONNECTOR_ENCRYPTION_KEYS is required in production")
+            if not environ.get("SECRET_KEY"):
+                problems.append("SECRET_KEY is required in production")
+            if parts.scheme != "https":
+                problems.append(
+                    "APP_URL must be https in production (OAuth redirects and webhooks)"
+                )
+        template = (
+            environ.get("SHOPIFY_ADMIN_URL_TEMPLATE")
+            or DEFAULT_SHOPIFY_ADMIN_URL_TEMPLATE
+        )
+        if "{shop}" not in template:
+            problems.append("SHOPIFY_ADMIN_URL_TEMPLATE must contain {shop}")
+        version = environ.get("META_API_VERSION") or DEFAULT_API_VERSION
+        if not version.startswith("v"):
+            problems.append(f"META_API_VERSION looks like v25.0, not {version!r}")
+        if problems:
+            raise ConfigError(problems)
+        return cls(
+            env=env,
+            instance_path=instance_path,
+            database_url=database_url,
+            encryption_keys=keys,
+            secret_key=environ.get("SECRET_KEY", ""),
+            app_url=app_url,
+            port=port,
+            shopify_api_key=environ.get("SHOPIFY_API_KEY") or None,
+            shopify_api_secret=environ.get("SHOPIFY_API_SECRET") or None,
+            shopify_api_secret_previous=environ.get("SHOPIFY_API_SECRET_PREVIOUS")
+            or None,
+            shopify_scopes=environ.get("SHOPIFY_SCOPES") or DEFAULT_SHOPIFY_SCOPES,
+            shopify_admin_url_template=template,
+            meta_app_id=environ.get("META_APP_ID") or None,
+            meta_app_secret=environ.get("META_APP_SECRET") or None,
+            meta_graph_url=(environ.get("META_GRAPH_URL") or DEFAULT_GRAPH_URL).rstrip(
+                "/"
+            ),
+            meta_api_version=version,
+            meta_dialog_url=(
+                environ.get("META_DIALOG_URL") or "https://www.facebook.com"
+            ).rstrip("/"),
+            admin_password=environ.get("ADMIN_PASSWORD") or None,
+        )
+
+
+def _int(
+    environ: Mapping[str, str], name: str, default: int, problems: list[str]
+) -> int:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        problems.append(f"{name} must be a whole number, not {raw!r}")
+        return default
+
+
+def with_dev_secrets(settings: Settings) -> Settings:
+    """Outside production, generate missing keys once into the instance folder and reuse them."""
+    if settings.is_production or (settings.encryption_keys and settings.secret_key):
+        return settings
+    path = settings.instance_path / SECRETS_FILE
+    stored: dict[str, str] = {}
+    if path.exists():
+        stored = json.loads(path.read_text())
+    else:
+        settings.instance_path.mkdir(parents=True, exist_ok=True)
+        stored = {
+            "encryption_key": Fernet.generate_key().decode(),
+            "secret_key": secrets.token_urlsafe(32),
+        }
+        # 0o600: the file is as sensitive as the database it unlocks.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(stored, fh)
+        log.warning(
+            "generated development keys in %s; set CONNECTOR_ENCRYPTION_KEYS and SECRET_KEY in production",
+            path,
+        )
+    return replace(
+        settings,
+        encryption_keys=settings.encryption_keys or (stored["encryption_key"],),
+        secret_key=settings.secret_key or stored["secret_key"],
+    )
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for a process: the environment, plus development keys where allowed."""
+    return with_dev_secrets(
+        Settings.from_env(os.environ if environ is None else environ)
+    )

@@ -1,0 +1,63 @@
+"""Store identities: Shopify shop domains and WooCommerce store URLs, validated (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from urllib.parse import urlsplit, urlunsplit
+
+SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def normalize_shop_domain(shop: str) -> str:
+    """``NAME.myshopify.com``, lower-cased; anything else raises ValueError (no SSRF)."""
+    shop = shop.strip().lower()
+    if not SHOP_DOMAIN.fullmatch(shop):
+        raise ValueError(f"{shop!r} is not a NAME.myshopify.com shop domain")
+    return shop
+
+
+def normalize_store_url(url: str, *, require_https: bool = True) -> str:
+    """A store's base URL: http(s), a public host name, no credentials, query or odd port."""
+    url = url.strip()
+    parts = urlsplit(url)
+    allowed = {"https"} if require_https else {"https", "http"}
+    if parts.scheme.lower() not in allowed:
+        raise ValueError("the store URL must start with https://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the store URL must not carry credentials")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("the store URL has an invalid port") from exc
+    default_port = 443 if parts.scheme.lower() == "https" else 80
+    if port is not None and port != default_port:
+        raise ValueError("the store URL must use the standard port")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not is_public_hostname(host):
+        raise ValueError("the store URL must name a public host")
+    if parts.query or parts.fragment:
+        raise ValueError("the store URL must not have a query or fragment")
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme.lower(), host, path, "", ""))
+
+
+def is_public_hostname(host: str) -> bool:
+    """A DNS name with a dot, not an IP literal and not a local-only name."""
+    if not host or len(host) > 253:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    else:
+        return False  # IP literals invite requests to internal services
+    labels = host.split(".")
+    if len(labels) < 2 or not all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return False
+    return (
+        labels[-1]
+        not in {"localhost", "local", "internal", "localdomain", "test", "invalid"}
+        and not labels[-1].isdigit()
+    )

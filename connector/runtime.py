@@ -1,0 +1,28 @@
+"""The process's shared parts, built once from Settings: engine, sessions, keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from connector.config import Settings
+from connector.crypto import keyring
+from connector.store.db import make_engine, make_sessionmaker
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Runtime:
+        keyring.install(settings.encryption_keys)
+        engine = make_engine(settings.database_url)
+        return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,3 @@
+"""Persistence: models, engine, and the few queries the connector needs."""
+
+from __future__ import annotations

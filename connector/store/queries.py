@@ -1,0 +1,359 @@
+"""The queries the connector needs; each takes a Session and leaves the commit to its caller."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from connector.errors import NotFoundError, OAuthStateError
+from connector.events import CanonicalEvent
+from connector.store.models import (
+    Connection,
+    ConnectionStatus,
+    Event,
+    EventStatus,
+    OAuthState,
+    WebhookReceipt,
+    utcnow,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReceiptIn:
+    """A delivery to record."""
+
+    platform: str
+    connection_id: str
+    delivery_id: str
+    topic: str
+    event_ref: str | None = None
+    api_version: str | None = None
+    triggered_at: datetime | None = None
+    outcome: str = "accepted"
+    detail: str | None = None
+    order_ref: str | None = None
+    customer_ref: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accepted:
+    """What recording a delivery did."""
+
+    duplicate_delivery: bool
+    receipt_id: int | None = None
+    #: (event_name, event_id) of the events this delivery added to the outbox
+    new_events: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _insert(session: Session, table: Any) -> Any:
+    # ON CONFLICT DO NOTHING: the unique key settles races, never a read-then-write.
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported database {dialect}")
+
+
+def record_delivery(
+    session: Session,
+    receipt: ReceiptIn,
+    events: Sequence[CanonicalEvent],
+    *,
+    now: datetime | None = None,
+) -> Accepted:
+    """Record a receipt and its events in the caller's transaction; report what was new."""
+    now = now or utcnow()
+    stmt = (
+        _insert(session, WebhookReceipt)
+        .values(
+            platform=receipt.platform,
+            connection_id=receipt.connection_id,
+            delivery_id=receipt.delivery_id,
+            topic=receipt.topic,
+            event_ref=receipt.event_ref,
+            api_version=receipt.api_version,
+            triggered_at=receipt.triggered_at,
+            received_at=now,
+            outcome=receipt.outcome,
+            detail=receipt.detail,
+            order_ref=receipt.order_ref,
+            customer_ref=receipt.customer_ref,
+        )
+        .on_conflict_do_nothing(index_elements=["connection_id", "delivery_id"])
+        .returning(WebhookReceipt.id)
+    )
+    receipt_row = session.execute(stmt).first()
+    if receipt_row is None:
+        return Accepted(duplicate_delivery=True)
+    new: list[tuple[str, str]] = []
+    for ev in events:
+        row = session.execute(
+            _insert(session, Event)
+            .values(
+                connection_id=receipt.connection_id,
+                event_name=ev.event_name,
+                event_id=ev.event_id,
+                event_time=ev.event_time,
+                payload=ev.to_meta(),
+                status=EventStatus.PENDING,
+                attempts=0,
+                send_count=0,
+                next_attempt_at=now,
+                created_at=now,
+                order_ref=ev.order_ref,
+                customer_ref=ev.customer_ref,
+            )
+            .on_conflict_do_nothing(
+                index_elements=["connection_id", "event_name", "event_id"]
+            )
+            .returning(Event.id)
+        ).first()
+        if row is not None:
+            new.append((ev.event_name, ev.event_id))
+    return Accepted(
+        duplicate_delivery=False, receipt_id=int(receipt_row[0]), new_events=new
+    )
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+def get_connection(session: Session, connection_id: str) -> Connection:
+    conn = session.get(Connection, connection_id)
+    if conn is None:
+        raise NotFoundError(f"no connection {connection_id}")
+    return conn
+
+
+def find_connection(session: Session, platform: str, store: str) -> Connection | None:
+    return session.scalars(
+        select(Connection).where(
+            Connection.platform == platform, Connection.store == store
+        )
+    ).one_or_none()
+
+
+def list_connections(session: Session) -> list[Connection]:
+    return list(session.scalars(select(Connection).order_by(Connection.created_at)))
+
+
+def upsert_connection(
+    session: Session, platform: str, store: str, **fields: Any
+) -> Connection:
+    """Create the store's connection, or update it when the store connects again."""
+    conn = find_connection(session, platform, store)
+    if conn is None:
+        conn = Connection(platform=platform, store=store, settings={})
+        session.add(conn)
+    for name, value in fields.items():
+        setattr(conn, name, value)
+    if conn.status == ConnectionStatus.UNINSTALLED:
+        conn.status = ConnectionStatus.ACTIVE
+        conn.uninstalled_at = None
+        conn.installed_at = utcnow()
+    session.flush()
+    return conn
+
+
+def mark_uninstalled(
+    session: Session, conn: Connection, *, now: datetime | None = None
+) -> None:
+    """The app was removed: forget platform credentials, stop sending, keep the outbox."""
+    conn.status = ConnectionStatus.UNINSTALLED
+    conn.status_reason = "the app was uninstalled from the store"
+    conn.uninstalled_at = now or utcnow()
+    conn.platform_token = None
+    conn.platform_refresh_token = None
+    conn.platform_token_expires_at = None
+    conn.platform_refresh_token_expires_at = None
+    session.execute(
+        update(Event)
+        .where(
+            Event.connection_id == conn.id,
+            Event.status.in_([EventStatus.PENDING, EventStatus.SENDING]),
+        )
+        .values(status=EventStatus.HELD, last_error="held: the app was uninstalled")
+    )
+
+
+def redact_customer(
+    session: Session,
+    connection_id: str,
+    customer_ref: str | None,
+    order_refs: Sequence[str],
+) -> tuple[int, int]:
+    """Delete one customer's events and receipts; returns (events, receipts) deleted."""
+    conditions_e = []
+    conditions_r = []
+    if customer_ref:
+        conditions_e.append(Event.customer_ref == customer_ref)
+        conditions_r.append(WebhookReceipt.customer_ref == customer_ref)
+    if order_refs:
+        conditions_e.append(Event.order_ref.in_(list(order_refs)))
+        conditions_r.append(WebhookReceipt.order_ref.in_(list(order_refs)))
+    if not conditions_e:
+        return 0, 0
+
+    ev = session.execute(
+        delete(Event).where(Event.connection_id == connection_id, or_(*conditions_e))
+    )
+    rc = session.execute(
+        delete(WebhookReceipt).where(
+            WebhookReceipt.connection_id == connection_id, or_(*conditions_r)
+        )
+    )
+    return int(ev.rowcount or 0), int(rc.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def redact_store(session: Session, connection_id: str) -> None:
+    """Delete everything held for a store, the connection included."""
+    session.execute(delete(Event).where(Event.connection_id == connection_id))
+    session.execute(
+        delete(WebhookReceipt).where(WebhookReceipt.connection_id == connection_id)
+    )
+    session.execute(delete(OAuthState).where(OAuthState.connection_id == connection_id))
+    session.execute(delete(Connection).where(Connection.id == connection_id))
+
+
+def customer_report(
+    session: Session,
+    connection_id: str,
+    customer_ref: str | None,
+    order_refs: Sequence[str],
+) -> dict[str, Any]:
+    """What is held about one customer: event keys and statuses, never the hashes themselves."""
+
+    conditions = []
+    if customer_ref:
+        conditions.append(Event.customer_ref == customer_ref)
+    if order_refs:
+        conditions.append(Event.order_ref.in_(list(order_refs)))
+    rows: list[Event] = []
+    if conditions:
+        rows = list(
+            session.scalars(
+                select(Event).where(
+                    Event.connection_id == connection_id, or_(*conditions)
+                )
+            )
+        )
+    return {
+        "customer_ref": customer_ref,
+        "order_refs": list(order_refs),
+        "held": "hashed identifiers (SHA-256) and order value per event; no raw personal data",
+        "events": [
+            {
+                "event_name": r.event_name,
+                "event_id": r.event_id,
+                "event_time": r.event_time.isoformat(),
+                "status": r.status,
+                "user_data_keys": sorted((r.payload.get("user_data") or {}).keys()),
+            }
+            for r in rows
+        ],
+    }
+
+
+def event_counts(session: Session) -> dict[str, int]:
+    """Outbox rows per status, for /metrics and the admin page."""
+    rows = session.execute(select(Event.status, func.count()).group_by(Event.status))
+    return {status: int(n) for status, n in rows}
+
+
+# -- OAuth states -----------------------------------------------------------------------
+
+
+def _hash_nonce(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def issue_state(
+    session: Session,
+    purpose: str,
+    *,
+    ttl: timedelta = timedelta(minutes=10),
+    connection_id: str | None = None,
+    store: str | None = None,
+    data: dict[str, Any] | None = None,
+    now: datetime | None = None,
+) -> str:
+    """A new single-use state; only its hash is stored, so a database reader cannot replay it."""
+    now = now or utcnow()
+    nonce = secrets.token_urlsafe(32)
+    session.add(
+        OAuthState(
+            nonce_hash=_hash_nonce(nonce),
+            purpose=purpose,
+            connection_id=connection_id,
+            store=store,
+            data=data or {},
+            created_at=now,
+            expires_at=now + ttl,
+        )
+    )
+    session.flush()
+    return nonce
+
+
+def consume_state(
+    session: Session,
+    nonce: str,
+    purpose: str,
+    *,
+    connection_id: str | None = None,
+    store: str | None = None,
+    now: datetime | None = None,
+) -> OAuthState:
+    """Spend a state exactly once; raises OAuthStateError if forged, used, expired or foreign."""
+    now = now or utcnow()
+    if not nonce:
+        raise OAuthStateError("the sign-in link carries no state")
+    # UPDATE ... WHERE used_at IS NULL: of two concurrent callbacks, only one wins.
+    result = session.execute(
+        update(OAuthState)
+        .where(
+            OAuthState.nonce_hash == _hash_nonce(nonce),
+            OAuthState.purpose == purpose,
+            OAuthState.used_at.is_(None),
+        )
+        .values(used_at=now)
+        .returning(OAuthState.nonce_hash)
+    ).first()
+    if result is None:
+        raise OAuthStateError(
+            "this sign-in link is not valid or was used already; start again"
+        )
+    state = session.get(OAuthState, _hash_nonce(nonce), populate_existing=True)
+    if state is None:  # deleted between the two statements (a shop/redact, say)
+        raise OAuthStateError("this sign-in link is not valid; start again")
+    if state.expires_at <= now:
+        raise OAuthStateError("this sign-in link has expired; start again")
+    if connection_id is not None and state.connection_id != connection_id:
+        raise OAuthStateError("this sign-in link was issued for another connection")
+    if store is not None and state.store != store:
+        raise OAuthStateError("this sign-in link was issued for another store")
+    return state
+
+
+def reactivate(session: Session, conn: Connection) -> int:
+    """A fresh Meta token: the connection sends again and its held events go back to pending."""
+    if conn.status in (ConnectionStatus.NEEDS_RECONNECT, ConnectionStatus.DISCONNECTED):
+        conn.status = ConnectionStatus.ACTIVE
+        conn.status_reason = None
+    if conn.status != ConnectionStatus.ACTIVE:
+        return 0
+    result = session.execute(
+        update(Event)
+        .where(Event.connection_id == conn.id, Event.status == EventStatus.HELD)
+        .values(status=EventStatus.PENDING, next_attempt_at=utcnow(), lease_owner=None)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]

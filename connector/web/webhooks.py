@@ -1,0 +1,175 @@
+"""The webhook blueprint: verify -> translate -> record, one transaction, no network I/O."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from connector.errors import PayloadError, SignatureError, UnknownConnectionError
+from connector.platform import (
+    Action,
+    ConnectionInfo,
+    DataRequest,
+    RedactCustomer,
+    RedactStore,
+    Uninstalled,
+    WebhookRequest,
+)
+from connector.registry import get_adapter
+from connector.store import queries
+from connector.store.models import Connection, ConnectionStatus, WebhookReceipt, utcnow
+from connector.web import get_runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("webhooks", __name__)
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or PayloadError (400)."""
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError("the body is not valid JSON") from exc
+
+
+@bp.post("/webhooks/<platform>")
+@bp.post("/webhooks/<platform>/<connection_id>")
+def receive(platform: str, connection_id: str | None = None) -> tuple[Response, int]:
+    adapter = get_adapter(platform)
+    runtime = get_runtime()
+    req = WebhookRequest(
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=request.get_data(cache=False),
+        path={"connection": connection_id} if connection_id else {},
+        content_type=request.mimetype or "",
+    )
+    if adapter.is_ping(req):
+        return jsonify(status="pong"), 200
+    envelope = adapter.envelope(req)
+    now = utcnow()
+    with runtime.sessions.begin() as session:
+        conn = _find_connection(session, platform, connection_id, envelope.store)
+        known = conn is not None and (
+            conn.status != ConnectionStatus.UNINSTALLED
+            or adapter.accepts_unknown_store(envelope.topic)
+        )
+        if conn is None or not known:
+            if adapter.accepts_unknown_store(envelope.topic):
+                log.info(
+                    "webhook %s %s for unknown store acknowledged",
+                    platform,
+                    envelope.topic,
+                )
+                return jsonify(status="ignored"), 200
+            log.info(
+                "webhook %s rejected: unknown store %s",
+                platform,
+                envelope.store or connection_id,
+            )
+            raise UnknownConnectionError("no connection for this store")
+        secrets = (
+            [conn.webhook_secret.encode()]
+            if conn.webhook_secret
+            else list(adapter.webhook_secrets(runtime.settings))
+        )
+        try:
+            adapter.verify(req, secrets)
+        except SignatureError:
+            log.info("webhook %s rejected for %s: bad signature", platform, conn.store)
+            raise
+        payload = parse_json(req.body)
+        info = ConnectionInfo(
+            id=conn.id,
+            platform=conn.platform,
+            store=conn.store,
+            settings=dict(conn.settings or {}),
+            test_mode=bool(conn.test_event_code)
+            or bool((conn.settings or {}).get("test_mode")),
+        )
+        outcome = adapter.handle(envelope.topic, payload, info, now)
+        outcome_name = (
+            "accepted"
+            if outcome.events
+            else ("action" if outcome.action else "skipped")
+        )
+        accepted = queries.record_delivery(
+            session,
+            queries.ReceiptIn(
+                platform=platform,
+                connection_id=conn.id,
+                delivery_id=adapter.delivery_id(envelope, payload),
+                topic=envelope.topic,
+                event_ref=envelope.event_ref,
+                api_version=envelope.api_version,
+                triggered_at=envelope.triggered_at,
+                outcome=outcome_name,
+                detail=outcome.skipped,
+                order_ref=outcome.order_ref,
+                customer_ref=outcome.customer_ref,
+            ),
+            outcome.events,
+            now=now,
+        )
+        if not accepted.duplicate_delivery and outcome.action is not None:
+            _apply_action(session, conn, outcome.action, accepted.receipt_id, now)
+    log.info(
+        "webhook %s %s for %s: %s, %d new event(s)%s",
+        platform,
+        envelope.topic,
+        info.id,
+        "duplicate" if accepted.duplicate_delivery else outcome_name,
+        len(accepted.new_events),
+        f" (skipped: {outcome.skipped})" if outcome.skipped else "",
+    )
+    return (
+        jsonify(
+            status="duplicate" if accepted.duplicate_delivery else outcome_name,
+            new_events=len(accepted.new_events),
+        ),
+        200,
+    )
+
+
+def _find_connection(
+    session: Session, platform: str, connection_id: str | None, store: str | None
+) -> Connection | None:
+    if connection_id is not None:
+        conn = session.get(Connection, connection_id)
+        return conn if conn is not None and conn.platform == platform else None
+    if store:
+        return queries.find_connection(session, platform, store)
+    return None
+
+
+def _apply_action(
+    session: Session,
+    conn: Connection,
+    action: Action,
+    receipt_id: int | None,
+    now: datetime,
+) -> None:
+    if isinstance(action, Uninstalled):
+        queries.mark_uninstalled(session, conn, now=now)
+    elif isinstance(action, RedactCustomer):
+        queries.redact_customer(
+            session, conn.id, action.customer_ref, action.order_refs
+        )
+    elif isinstance(action, RedactStore):
+        queries.redact_store(session, conn.id)
+    elif isinstance(action, DataRequest):
+        report = queries.customer_report(
+            session, conn.id, action.customer_ref, action.order_refs
+        )
+        session.execute(
+            update(WebhookReceipt)
+            .where(WebhookReceipt.id == receipt_id)
+            .values(detail=json.dumps(report, sort_keys=True))
+        )
+    else:  # pragma: no cover - the Action union is closed
+        raise TypeError(f"unknown action {action!r}")
