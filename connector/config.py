@@ -56,6 +56,8 @@ class Settings:
     #: where Facebook's login dialog lives (tests point it at a local fake)
     meta_dialog_url: str = "https://www.facebook.com"
     admin_password: str | None = None
+    #: development only: let WooCommerce connect to http:// and local stores (a WordPress on localhost)
+    woocommerce_allow_insecure: bool = False
     #: dispatcher tuning
     batch_size: int = 1000
     lease_seconds: int = 120
@@ -124,6 +126,13 @@ class Settings:
         version = environ.get("META_API_VERSION") or DEFAULT_API_VERSION
         if not version.startswith("v"):
             problems.append(f"META_API_VERSION looks like v25.0, not {version!r}")
+        allow_insecure = environ.get("WOOCOMMERCE_ALLOW_INSECURE_URLS", "").lower() in {
+            "1",
+            "true",
+            "yes",
+        }
+        if allow_insecure and env == "production":
+            problems.append("WOOCOMMERCE_ALLOW_INSECURE_URLS is for development only")
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -150,6 +159,7 @@ class Settings:
                 environ.get("META_DIALOG_URL") or "https://www.facebook.com"
             ).rstrip("/"),
             admin_password=environ.get("ADMIN_PASSWORD") or None,
+            woocommerce_allow_insecure=allow_insecure,
         )
 
 
