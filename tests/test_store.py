@@ -1,0 +1,214 @@
+"""The outbox: one transaction per delivery, duplicates settled by unique keys."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from connector.errors import OAuthStateError
+from connector.events import CanonicalEvent, UserData
+from connector.runtime import Runtime
+from connector.store import queries
+from connector.store.models import Event, EventStatus, WebhookReceipt
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def purchase(event_id: str) -> CanonicalEvent:
+    return CanonicalEvent(
+        event_name="Purchase",
+        event_id=event_id,
+        event_time=NOW,
+        action_source="website",
+        event_source_url="https://shop.example",
+        user_data=UserData(em=("b" * 64,), client_user_agent="UA"),
+        order_ref=event_id,
+        customer_ref="c1",
+    )
+
+
+def receipt(connection_id: str, delivery_id: str = "d1") -> queries.ReceiptIn:
+    return queries.ReceiptIn(
+        platform="shopify",
+        connection_id=connection_id,
+        delivery_id=delivery_id,
+        topic="orders/paid",
+    )
+
+
+@pytest.fixture
+def connection_id(runtime: Runtime) -> str:
+    with runtime.sessions.begin() as session:
+        return queries.upsert_connection(session, "shopify", "a.myshopify.com").id
+
+
+def count(runtime: Runtime, model: type) -> int:
+    with runtime.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_a_delivery_and_its_events_are_recorded_together(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """A new delivery reports the events it added to the outbox, pending and due now."""
+    with runtime.sessions.begin() as session:
+        rv = queries.record_delivery(
+            session, receipt(connection_id), [purchase("1"), purchase("2")], now=NOW
+        )
+    assert not rv.duplicate_delivery
+    assert [("Purchase", "1"), ("Purchase", "2")] == rv.new_events
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Event).order_by(Event.event_id)).all()
+        assert [EventStatus.PENDING] * 2 == [r.status for r in rows]
+        assert rows[0].payload == purchase("1").to_meta()
+        assert rows[0].next_attempt_at == NOW
+
+
+def test_a_redelivery_changes_nothing(runtime: Runtime, connection_id: str) -> None:
+    """The same delivery id again is a duplicate and adds no event."""
+    for _ in range(2):
+        with runtime.sessions.begin() as session:
+            rv = queries.record_delivery(
+                session, receipt(connection_id), [purchase("1")], now=NOW
+            )
+    assert rv.duplicate_delivery
+    assert 1 == count(runtime, WebhookReceipt)
+    assert 1 == count(runtime, Event)
+
+
+def test_another_delivery_of_the_same_order_adds_no_event(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """orders/create then orders/paid: two receipts, one Purchase."""
+    with runtime.sessions.begin() as session:
+        queries.record_delivery(
+            session, receipt(connection_id, "create"), [purchase("1")]
+        )
+    with runtime.sessions.begin() as session:
+        rv = queries.record_delivery(
+            session, receipt(connection_id, "paid"), [purchase("1")]
+        )
+    assert not rv.duplicate_delivery
+    assert [] == rv.new_events
+    assert 2 == count(runtime, WebhookReceipt)
+    assert 1 == count(runtime, Event)
+
+
+def test_fifty_concurrent_identical_deliveries(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """Fifty threads recording the same delivery at once leave one receipt and one row per event."""
+    barrier = threading.Barrier(50)
+    results: list[queries.Accepted] = []
+    errors: list[BaseException] = []
+
+    def record() -> None:
+        try:
+            barrier.wait()
+            with runtime.sessions.begin() as session:
+                results.append(
+                    queries.record_delivery(
+                        session, receipt(connection_id), [purchase("1"), purchase("2")]
+                    )
+                )
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=record) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [] == errors
+    assert 1 == sum(not r.duplicate_delivery for r in results)
+    assert 1 == count(runtime, WebhookReceipt)
+    assert 2 == count(runtime, Event)
+
+
+def test_redaction_deletes_one_customer_only(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """customers/redact removes that customer's events and receipts, nobody else's."""
+    other = purchase("9").replace(customer_ref="c2", order_ref="9")
+    with runtime.sessions.begin() as session:
+        queries.record_delivery(
+            session,
+            queries.ReceiptIn(
+                platform="shopify",
+                connection_id=connection_id,
+                delivery_id="a",
+                topic="t",
+                customer_ref="c1",
+            ),
+            [purchase("1")],
+        )
+        queries.record_delivery(session, receipt(connection_id, "b"), [other])
+    with runtime.sessions.begin() as session:
+        events, receipts = queries.redact_customer(session, connection_id, "c1", ["1"])
+    assert (1, 1) == (events, receipts)
+    with runtime.sessions() as session:
+        assert ["9"] == list(session.scalars(select(Event.event_id)))
+
+
+class TestOAuthState:
+    def test_a_state_is_spent_once(self, runtime: Runtime, connection_id: str) -> None:
+        """The second use of a state is refused."""
+        with runtime.sessions.begin() as session:
+            nonce = queries.issue_state(
+                session, "meta", connection_id=connection_id, now=NOW
+            )
+        with runtime.sessions.begin() as session:
+            state = queries.consume_state(
+                session, nonce, "meta", connection_id=connection_id, now=NOW
+            )
+            assert state.connection_id == connection_id
+        with (
+            runtime.sessions.begin() as session,
+            pytest.raises(OAuthStateError, match="used"),
+        ):
+            queries.consume_state(session, nonce, "meta", now=NOW)
+
+    @pytest.mark.parametrize(
+        ("purpose", "delay", "conn", "fragment"),
+        [
+            pytest.param(
+                "shopify", timedelta(0), None, "not valid", id="other-purpose"
+            ),
+            pytest.param("meta", timedelta(minutes=11), None, "expired", id="expired"),
+            pytest.param(
+                "meta", timedelta(0), "someone-else", "another connection", id="foreign"
+            ),
+        ],
+    )
+    def test_a_wrong_state_is_refused(
+        self,
+        runtime: Runtime,
+        connection_id: str,
+        purpose: str,
+        delay: timedelta,
+        conn: str | None,
+        fragment: str,
+    ) -> None:
+        """States are bound to purpose, time and connection."""
+        with runtime.sessions.begin() as session:
+            nonce = queries.issue_state(
+                session, "meta", connection_id=connection_id, now=NOW
+            )
+        with (
+            runtime.sessions.begin() as session,
+            pytest.raises(OAuthStateError, match=fragment),
+        ):
+            queries.consume_state(
+                session, nonce, purpose, connection_id=conn, now=NOW + delay
+            )
+
+    def test_only_the_hash_is_stored(self, runtime: Runtime) -> None:
+        """A database reader cannot replay a state."""
+        with runtime.sessions.begin() as session:
+            nonce = queries.issue_state(session, "meta")
+        with runtime.sessions() as session:
+            stored = session.scalars(select(queries.OAuthState.nonce_hash)).all()
+        assert nonce not in stored
