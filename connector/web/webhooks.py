@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, load_only
 
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
 from connector.platform import (
@@ -139,12 +139,27 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
 def _find_connection(
     session: Session, platform: str, connection_id: str | None, store: str | None
 ) -> Connection | None:
+    # Only what the webhook path needs: the other secrets are not decrypted on every request.
+    stmt = select(Connection).options(
+        load_only(
+            Connection.id,
+            Connection.platform,
+            Connection.store,
+            Connection.status,
+            Connection.settings,
+            Connection.test_event_code,
+            Connection.webhook_secret,
+        )
+    )
     if connection_id is not None:
-        conn = session.get(Connection, connection_id)
-        return conn if conn is not None and conn.platform == platform else None
-    if store:
-        return queries.find_connection(session, platform, store)
-    return None
+        stmt = stmt.where(
+            Connection.id == connection_id, Connection.platform == platform
+        )
+    elif store:
+        stmt = stmt.where(Connection.platform == platform, Connection.store == store)
+    else:
+        return None
+    return session.scalars(stmt).one_or_none()
 
 
 def _apply_action(
