@@ -69,7 +69,6 @@ from urllib.parse import urlsplit, urlunsplit
 from adapters.shopify import topics
 from adapters.shopify.fields import items, mapping, money, quantity, text, timestamp
 from adapters.shopify.match_keys import has_email_or_phone, raw_match_keys
-from connector.matching import user_data
 from connector.errors import PayloadError
 from connector.events import (
     INITIATE_CHECKOUT,
@@ -79,6 +78,7 @@ from connector.events import (
     Content,
     CustomData,
 )
+from connector.matching import user_data
 from connector.platform import ConnectionInfo, Outcome
 
 PURCHASE_ON: Final = "purchase_on"
