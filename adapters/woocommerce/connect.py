@@ -1,0 +1,482 @@
+"""Connecting a WooCommerce store: WooCommerce's key-generation flow, then its webhooks.
+
+1. ``GET /woocommerce/connect?store_url=...`` checks the address and sends the merchant to
+   the store's ``/wc-auth/v1/authorize`` with an unguessable single-use ``user_id`` (the state).
+2. On approval WooCommerce posts the new REST keys to ``POST /woocommerce/callback`` and
+   deletes them again unless the answer is exactly 200, so the callback only checks the
+   state, stores the keys encrypted, and answers. The webhooks are made after the answer.
+3. WooCommerce then sends the merchant to ``GET /woocommerce/return``, which shows how the
+   connection stands and links to "Connect Meta".
+
+Webhooks (``order.created``, ``order.updated``, ``order.deleted``) are created through the
+REST API and point at ``APP_URL/webhooks/woocommerce/<connection id>``, signed with a secret
+the connector generates. Connecting again updates the store's existing webhooks for the
+connection (found by their delivery URL) instead of adding more. If that work fails or the
+process dies, the worker's ``woocommerce_webhooks`` job finishes it; the same job re-checks
+every store daily (WooCommerce disables a webhook after repeated failed deliveries).
+Connections added by hand (``connector connections add woocommerce``) are left alone.
+
+Bookkeeping lives in ``Connection.settings["webhooks"]``: ``status`` (``pending``, ``ready``,
+``failed``), ``ids`` by topic, ``error``, ``failures``, ``retry_at``, ``checked_at``.
+
+``WOOCOMMERCE_ALLOW_INSECURE_URLS=1`` (development only) lets a store on ``http://`` or a
+local host connect. Note that WooCommerce itself refuses a ``callback_url`` that is not
+https, so a local connector needs an https ``APP_URL`` (a tunnel) for the key exchange.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import string
+import threading
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from html import escape
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from flask import Blueprint, Response, abort, jsonify, redirect, request, session
+from sqlalchemy import select
+from werkzeug.wrappers import Response as BaseResponse
+
+from adapters.woocommerce.rest import WooCommerceClient
+from connector.domains import normalize_store_url
+from connector.errors import PlatformError
+from connector.links import sign_admin_link
+from connector.platform import PeriodicJob
+from connector.runtime import Runtime
+from connector.store import queries
+from connector.store.models import Connection, ConnectionStatus, utcnow
+from connector.web import get_runtime
+
+log = logging.getLogger(__name__)
+bp = Blueprint("woocommerce", __name__)
+
+PLATFORM = "woocommerce"
+APP_NAME = "Meta Conversions API connector"
+STATE_PURPOSE = "woocommerce_connect"
+SESSION_KEY = "woocommerce_connect"
+#: the merchant may have to log in to WordPress before approving
+STATE_TTL = timedelta(hours=1)
+TOPICS = ("order.created", "order.updated", "order.deleted")
+SECRET_LENGTH = 48
+#: how long one setup attempt may hold a connection before another may try
+SETUP_LEASE = timedelta(minutes=5)
+RECHECK_AFTER = timedelta(days=1)
+MAX_RETRY_DELAY = timedelta(hours=6)
+JOB_INTERVAL_SECONDS = 300.0
+
+
+# -- pure helpers ---------------------------------------------------------------------
+
+
+def validate_store_url(url: str, *, allow_insecure: bool) -> str:
+    """The store's base URL; ``allow_insecure`` also admits http and local hosts (development).
+
+    Raises:
+        ValueError: with a sentence a merchant can act on.
+    """
+    if not allow_insecure:
+        return normalize_store_url(url)
+    url = url.strip()
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in {"http", "https"}:
+        raise ValueError("the store URL must start with https:// or http://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the store URL must not carry credentials")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ValueError("the store URL has an invalid port") from exc
+    if not parts.hostname:
+        raise ValueError("the store URL must name a host")
+    if parts.query or parts.fragment:
+        raise ValueError("the store URL must not have a query or fragment")
+    return urlunsplit((scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+
+
+def generate_secret() -> str:
+    """A webhook secret: alphanumeric, so no WordPress entity encoding can touch it."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(SECRET_LENGTH))
+
+
+def delivery_url(app_url: str, connection_id: str) -> str:
+    return f"{app_url.rstrip('/')}/webhooks/woocommerce/{connection_id}"
+
+
+def is_setup_due(webhooks: Any, now: datetime) -> bool:
+    """True when a connect-flow connection's webhooks need (re)making now."""
+    if not isinstance(webhooks, Mapping):
+        return False  # added by hand: the merchant manages the webhooks
+    lease = _when(webhooks.get("lease_until"))
+    if lease is not None and lease > now:
+        return False
+    status = webhooks.get("status")
+    if status == "ready":
+        checked = _when(webhooks.get("checked_at"))
+        return checked is None or checked + RECHECK_AFTER <= now
+    if status == "failed":
+        retry = _when(webhooks.get("retry_at"))
+        return retry is None or retry <= now
+    return True
+
+
+def retry_delay(failures: int) -> timedelta:
+    """5 minutes, doubling per failure, at most 6 hours."""
+    return min(
+        timedelta(minutes=5) * (1 << min(max(failures - 1, 0), 10)), MAX_RETRY_DELAY
+    )
+
+
+def _when(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+# -- the webhooks ---------------------------------------------------------------------
+
+
+def ensure_webhooks(
+    client: WooCommerceClient, connection_id: str, url: str, secret: str
+) -> dict[str, int]:
+    """Exactly one active webhook per topic for this connection; returns their ids.
+
+    Raises:
+        PlatformError: the store refused or failed a request.
+    """
+    suffix = f"/webhooks/woocommerce/{connection_id}"
+    mine = [
+        w
+        for w in client.list_webhooks()
+        if isinstance(w.get("delivery_url"), str)
+        and urlsplit(w["delivery_url"]).path.rstrip("/").endswith(suffix)
+        and isinstance(w.get("id"), int)
+    ]
+    ids: dict[str, int] = {}
+    for topic in TOPICS:
+        body = {
+            "name": f"{APP_NAME}: {topic}",
+            "topic": topic,
+            "delivery_url": url,
+            "secret": secret,
+            "status": "active",
+        }
+        same = sorted(
+            (w for w in mine if w.get("topic") == topic), key=lambda w: w["id"]
+        )
+        if same:
+            keep, *extra = same
+            client.json("PUT", f"/webhooks/{keep['id']}", json=body)
+            for dup in extra:
+                client.request(
+                    "DELETE", f"/webhooks/{dup['id']}", params={"force": "true"}
+                )
+            ids[topic] = keep["id"]
+        else:
+            created = client.json("POST", "/webhooks", json=body)
+            if not isinstance(created, dict) or not isinstance(created.get("id"), int):
+                raise PlatformError(
+                    "the store created a webhook but did not say its id"
+                )
+            ids[topic] = created["id"]
+    return ids
+
+
+def setup_webhooks(runtime: Runtime, connection_id: str) -> str:
+    """Make the connection's webhooks; returns ``ready``, ``failed``, ``busy`` or ``skipped``."""
+    now = utcnow()
+    with runtime.sessions.begin() as db:
+        conn = db.get(Connection, connection_id, with_for_update=True)
+        if (
+            conn is None
+            or conn.platform != PLATFORM
+            or not conn.platform_key
+            or not conn.platform_token
+        ):
+            return "skipped"
+        current = dict((conn.settings or {}).get("webhooks") or {})
+        lease = _when(current.get("lease_until"))
+        if lease is not None and lease > now:
+            return "busy"
+        generation = current.get("generation", 0)
+        current["lease_until"] = (now + SETUP_LEASE).isoformat()
+        if not conn.webhook_secret:
+            conn.webhook_secret = generate_secret()
+        conn.settings = {**(conn.settings or {}), "webhooks": current}
+        store, key, token, secret = (
+            conn.store,
+            conn.platform_key,
+            conn.platform_token,
+            conn.webhook_secret,
+        )
+    client = WooCommerceClient(store, key, token, timeout=runtime.settings.http_timeout)
+    result: dict[str, Any]
+    try:
+        ids = ensure_webhooks(
+            client,
+            connection_id,
+            delivery_url(runtime.settings.app_url, connection_id),
+            secret,
+        )
+    except PlatformError as exc:
+        failures = int(current.get("failures") or 0) + 1
+        result = {
+            "status": "failed",
+            "error": str(exc),
+            "failures": failures,
+            "retry_at": (utcnow() + retry_delay(failures)).isoformat(),
+        }
+        log.warning("woocommerce webhooks for %s failed: %s", connection_id, exc)
+    else:
+        result = {
+            "status": "ready",
+            "ids": ids,
+            "error": None,
+            "failures": 0,
+            "retry_at": None,
+            "checked_at": utcnow().isoformat(),
+        }
+        log.info(
+            "woocommerce webhooks for %s ready: %s", connection_id, sorted(ids.values())
+        )
+    with runtime.sessions.begin() as db:
+        conn = db.get(Connection, connection_id, with_for_update=True)
+        if conn is None:
+            return "skipped"
+        latest = dict((conn.settings or {}).get("webhooks") or {})
+        latest.pop("lease_until", None)
+        if latest.get("generation", 0) == generation:
+            latest.update(result)
+        else:
+            # New keys arrived meanwhile: leave it pending so the next attempt uses them.
+            latest["status"] = "pending"
+        conn.settings = {**(conn.settings or {}), "webhooks": latest}
+    return str(result["status"])
+
+
+def reconcile(runtime: Runtime) -> None:
+    """The worker job: finish or re-check every connect-flow store that is due."""
+    now = utcnow()
+    with runtime.sessions() as db:
+        rows = db.execute(
+            select(Connection.id, Connection.settings, Connection.status).where(
+                Connection.platform == PLATFORM
+            )
+        ).all()
+    for connection_id, settings, status in rows:
+        if status == ConnectionStatus.UNINSTALLED:
+            continue
+        if is_setup_due((settings or {}).get("webhooks"), now):
+            setup_webhooks(runtime, connection_id)
+
+
+def periodic_jobs() -> list[PeriodicJob]:
+    return [
+        PeriodicJob(
+            name="woocommerce_webhooks",
+            interval_seconds=JOB_INTERVAL_SECONDS,
+            run=reconcile,
+        )
+    ]
+
+
+def _start_setup(runtime: Runtime, connection_id: str) -> None:
+    def run() -> None:
+        try:
+            setup_webhooks(runtime, connection_id)
+        except Exception:  # the worker's job retries; a thread has nobody to report to
+            log.exception("woocommerce webhook setup for %s crashed", connection_id)
+
+    threading.Thread(
+        target=run, name=f"woocommerce-setup-{connection_id}", daemon=True
+    ).start()
+
+
+# -- routes ---------------------------------------------------------------------------
+
+
+@bp.get("/woocommerce/connect")
+def connect() -> BaseResponse:
+    runtime = get_runtime()
+    raw = request.args.get("store_url", "")
+    if not raw.strip():
+        return _page(
+            "Connect your WooCommerce store",
+            "<form method='get'><label>Store address "
+            "<input name='store_url' type='url' placeholder='https://shop.example' required>"
+            "</label> <button>Connect</button></form>",
+        )
+    try:
+        store = validate_store_url(
+            raw, allow_insecure=runtime.settings.woocommerce_allow_insecure
+        )
+    except ValueError as exc:
+        abort(400, description=str(exc))
+    now = utcnow()
+    with runtime.sessions.begin() as db:
+        nonce = queries.issue_state(
+            db, STATE_PURPOSE, store=store, ttl=STATE_TTL, now=now
+        )
+    # The return page shows an admin link: only the browser that started may see it.
+    session[SESSION_KEY] = {"state": nonce, "store": store, "at": now.isoformat()}
+    app_url = runtime.settings.app_url.rstrip("/")
+    query = urlencode(
+        {
+            "app_name": APP_NAME,
+            "scope": "read_write",
+            "user_id": nonce,
+            "return_url": f"{app_url}/woocommerce/return",
+            "callback_url": f"{app_url}/woocommerce/callback",
+        }
+    )
+    return redirect(f"{store}/wc-auth/v1/authorize?{query}", code=302)
+
+
+@bp.post("/woocommerce/callback")
+def callback() -> Response:
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        abort(400, description="the body is not the JSON object WooCommerce sends")
+    state = data.get("user_id")
+    state = (
+        str(state)
+        if isinstance(state, str | int) and not isinstance(state, bool)
+        else ""
+    )
+    key, token = data.get("consumer_key"), data.get("consumer_secret")
+    permissions = data.get("key_permissions")
+    if not (
+        isinstance(key, str)
+        and key.startswith("ck_")
+        and isinstance(token, str)
+        and token.startswith("cs_")
+        and len(key) <= 200
+        and len(token) <= 200
+    ):
+        abort(
+            400, description="consumer_key and consumer_secret are missing or malformed"
+        )
+    if permissions != "read_write":
+        abort(400, description="the connector needs read_write keys to manage webhooks")
+    runtime = get_runtime()
+    now = utcnow()
+    with runtime.sessions.begin() as db:
+        issued = queries.consume_state(db, state, STATE_PURPOSE, now=now)
+        if issued.store is None:
+            abort(400, description="this sign-in link names no store; start again")
+        existing = queries.find_connection(db, PLATFORM, issued.store)
+        settings = dict(existing.settings or {}) if existing is not None else {}
+        previous = dict(settings.get("webhooks") or {})
+        settings["webhooks"] = {
+            **previous,
+            "status": "pending",
+            "generation": int(previous.get("generation") or 0) + 1,
+            "key_id": data.get("key_id")
+            if isinstance(data.get("key_id"), int)
+            else None,
+            "retry_at": None,
+        }
+        fields: dict[str, Any] = {
+            "platform_key": key,
+            "platform_token": token,
+            "scopes": permissions,
+            "settings": settings,
+        }
+        # Keep a secret the store's webhooks already sign with: a new one would fail them until updated.
+        if existing is None or not existing.webhook_secret:
+            fields["webhook_secret"] = generate_secret()
+        conn = queries.upsert_connection(db, PLATFORM, issued.store, **fields)
+        issued.connection_id = conn.id
+        connection_id = conn.id
+    log.info("woocommerce store connected: %s", connection_id)
+    rv = jsonify(status="ok")
+    rv.status_code = 200
+    rv.call_on_close(lambda: _start_setup(runtime, connection_id))
+    return rv
+
+
+@bp.get("/woocommerce/return")
+def return_page() -> Response:
+    runtime = get_runtime()
+    started = session.get(SESSION_KEY)
+    given = request.args.get("user_id", "")
+    now = utcnow()
+    if (
+        not isinstance(started, dict)
+        or not isinstance(started.get("state"), str)
+        or not hmac.compare_digest(started["state"].encode(), given.encode())
+    ):
+        return _page(
+            "Open this page from the browser you connected with",
+            "<p>This page belongs to a connection started in another browser, or its "
+            "session has ended. <a href='/woocommerce/connect'>Connect the store again</a>.</p>",
+            status=400,
+        )
+    at = _when(started.get("at"))
+    if at is None or at + STATE_TTL <= now:
+        session.pop(SESSION_KEY, None)
+        return _page(
+            "This link has expired",
+            "<p><a href='/woocommerce/connect'>Connect the store again</a>.</p>",
+            status=400,
+        )
+    store = str(started.get("store") or "")
+    retry = f"/woocommerce/connect?{urlencode({'store_url': store})}"
+    if request.args.get("success") != "1":
+        return _page(
+            "The store did not grant access",
+            f"<p>{escape(store)} did not give the connector its keys. "
+            f"<a href='{escape(retry)}'>Try again</a>.</p>",
+        )
+    with runtime.sessions() as db:
+        conn = queries.find_connection(db, PLATFORM, store)
+        if conn is None or not conn.platform_key:
+            return _page(
+                "Waiting for the store",
+                f"<p>{escape(store)} approved the connection but its keys have not arrived. "
+                f"<a href='{escape(retry)}'>Try again</a>.</p>",
+            )
+        connection_id = conn.id
+        pixel = conn.pixel_id
+        webhooks = dict((conn.settings or {}).get("webhooks") or {})
+    token = sign_admin_link(runtime.settings.secret_key, connection_id, now)
+    meta_link = (
+        f"/meta/connect?{urlencode({'connection': connection_id, 'token': token})}"
+    )
+    status = webhooks.get("status")
+    if status == "ready":
+        orders = "Orders are reaching the connector."
+    elif status == "failed":
+        orders = (
+            "Setting up the store's webhooks failed: "
+            f"{webhooks.get('error') or 'unknown error'}. The connector keeps retrying."
+        )
+    else:
+        orders = "The store's webhooks are being set up; reload in a moment."
+    meta = (
+        f"Sending to Meta pixel {escape(pixel)}."
+        if pixel
+        else "Not sending to Meta yet."
+    )
+    body = (
+        f"<p>Store: {escape(store)} (connection {escape(connection_id)})</p>"
+        f"<p>{escape(orders)}</p><p>{meta}</p>"
+        f"<p><a href='{escape(meta_link)}'>Connect Meta</a></p>"
+    )
+    return _page("Your WooCommerce store is connected", body)
+
+
+def _page(title: str, body: str, *, status: int = 200) -> Response:
+    html = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
+    return Response(html, status=status, mimetype="text/html")

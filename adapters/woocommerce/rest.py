@@ -1,0 +1,175 @@
+"""A small WooCommerce REST (wc/v3) client: Basic auth over https, one-legged OAuth 1.0a over http.
+
+WooCommerce authenticates https requests with the consumer key and secret as Basic
+credentials. Over plain http it accepts only OAuth 1.0a "one-legged" signatures: no token,
+the ``oauth_*`` parameters in the query string, HMAC-SHA1 over ``METHOD&url&params``
+where params are every query parameter (``$_GET`` and ``$_POST``), sorted and
+RFC 3986-encoded, and the key is ``consumer_secret + "&"`` (``WC_REST_Authentication``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from connector.errors import PlatformError
+
+API_PREFIX = "/wp-json/wc/v3"
+
+
+def rfc3986(value: str) -> str:
+    """PHP's ``rawurlencode``: everything but ``A-Z a-z 0-9 - _ . ~`` is percent-encoded."""
+    return quote(value, safe="~")
+
+
+def oauth1_signature(
+    method: str, url: str, params: Mapping[str, str], consumer_secret: str
+) -> str:
+    """The ``oauth_signature`` WooCommerce expects for a request (pure).
+
+    ``url`` is the scheme, host and path without a query; ``params`` are every query
+    parameter, the ``oauth_*`` ones included and ``oauth_signature`` excluded.
+    """
+    pairs = sorted((rfc3986(k), rfc3986(v)) for k, v in params.items())
+    normalized = "&".join(f"{k}={v}" for k, v in pairs)
+    base = "&".join((method.upper(), rfc3986(url), rfc3986(normalized)))
+    key = f"{consumer_secret}&".encode()
+    digest = hmac.new(key, base.encode(), hashlib.sha1).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+class WooCommerceClient:
+    """One store's REST API, with the key pair its owner granted."""
+
+    def __init__(
+        self,
+        store_url: str,
+        consumer_key: str,
+        consumer_secret: str,
+        *,
+        timeout: float = 20.0,
+        session: requests.Session | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store_url = store_url.rstrip("/")
+        self._key = consumer_key
+        self._secret = consumer_secret
+        self._timeout = timeout
+        self._http = session or requests.Session()
+        self._clock = clock
+        self.uses_oauth1 = urlsplit(self.store_url).scheme != "https"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+    ) -> requests.Response:
+        """Send one request to ``/wp-json/wc/v3{path}``; a non-2xx answer raises.
+
+        Raises:
+            PlatformError: the store is unreachable, redirects, or refuses the request.
+        """
+        url = f"{self.store_url}{API_PREFIX}{path}"
+        query = dict(params or {})
+        auth: tuple[str, str] | None = None
+        if self.uses_oauth1:
+            query.update(
+                oauth_consumer_key=self._key,
+                oauth_nonce=secrets.token_hex(16),
+                oauth_signature_method="HMAC-SHA1",
+                oauth_timestamp=str(int(self._clock())),
+            )
+            query["oauth_signature"] = oauth1_signature(
+                method, url, query, self._secret
+            )
+        else:
+            auth = (self._key, self._secret)
+        try:
+            rv = self._http.request(
+                method,
+                url,
+                params=query,
+                json=json,
+                auth=auth,
+                timeout=self._timeout,
+                # A redirect would turn a POST into a GET and drop the credentials: report it.
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise PlatformError(
+                f"the store at {self.store_url} cannot be reached ({type(exc).__name__})"
+            ) from exc
+        if 300 <= rv.status_code < 400:
+            raise PlatformError(
+                f"the store redirects its REST API to {rv.headers.get('Location', '?')}; "
+                "connect it with the address it redirects to",
+                status=rv.status_code,
+            )
+        if rv.status_code >= 400:
+            raise PlatformError(_describe_error(rv), status=rv.status_code)
+        return rv
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        """``request`` and the answer's JSON.
+
+        Raises:
+            PlatformError: as ``request``, or the answer is not JSON.
+        """
+        rv = self.request(method, path, **kwargs)
+        try:
+            return rv.json()
+        except ValueError as exc:
+            raise PlatformError(
+                f"the store answered {method} {path} with something that is not JSON",
+                status=rv.status_code,
+            ) from exc
+
+    def list_webhooks(self) -> list[dict[str, Any]]:
+        """Every webhook the store has, page by page.
+
+        Raises:
+            PlatformError: as ``request``.
+        """
+        found: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            rv = self.request(
+                "GET", "/webhooks", params={"per_page": "100", "page": str(page)}
+            )
+            try:
+                batch = rv.json()
+            except ValueError as exc:
+                raise PlatformError("the store's webhook list is not JSON") from exc
+            if not isinstance(batch, list):
+                raise PlatformError("the store's webhook list is not a list")
+            found.extend(w for w in batch if isinstance(w, dict))
+            try:
+                pages = int(rv.headers.get("X-WP-TotalPages", "1"))
+            except ValueError:
+                pages = 1
+            if page >= pages or not batch:
+                return found
+            page += 1
+
+
+def _describe_error(rv: requests.Response) -> str:
+    # WP REST errors are {"code": ..., "message": ..., "data": {"status": N}}.
+    try:
+        body = rv.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("code"), str):
+        message = str(body.get("message") or "")[:200]
+        return f"the store refused the request ({rv.status_code} {body['code'][:80]}: {message})"
+    return f"the store answered {rv.status_code}"

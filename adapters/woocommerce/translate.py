@@ -1,0 +1,456 @@
+"""WooCommerce order webhooks -> Meta events (pure: no I/O, no clock).
+
+What a merchant should know (and what a pixel has to repeat for Meta to deduplicate):
+
+``Purchase``
+    One per order, made the first time a delivery shows the order paid: ``date_paid_gmt`` is
+    set, or the status is ``processing`` or ``completed``. ``on-hold`` (bank transfer,
+    cheque) counts only when the connection setting ``on_hold_is_paid`` is true.
+    ``checkout-draft``, ``pending``, ``failed``, ``cancelled`` and trashed orders never make a
+    Purchase. Every later delivery of the same order (completed, refunded, edited) makes the
+    same event again, which the outbox's unique key turns into nothing.
+
+    ``event_id`` is the order's ``_meta_event_id`` meta value when the store records one (the
+    Facebook for WooCommerce plugin's pixel uses it), otherwise the order id, e.g. ``"727"``.
+
+``InitiateCheckout``
+    From a block-checkout draft order (status ``checkout-draft``) once it carries an email or
+    a phone number. ``event_id`` is :data:`INITIATE_CHECKOUT_PREFIX` + the draft order id,
+    e.g. ``"wc_checkout_727"``: a browser pixel firing InitiateCheckout should use the same.
+
+``action_source`` by the order's ``created_via`` (:data:`DEFAULT_ACTION_SOURCES`):
+
+    ============== ==================  =========================================
+    created_via    action_source       why
+    ============== ==================  =========================================
+    checkout       website             the classic checkout page
+    store-api      website             the block checkout (Store API)
+    admin          other               keyed in by staff (phone, e-mail orders)
+    rest-api       system_generated    created by another system through REST
+    subscription   system_generated    a renewal WooCommerce Subscriptions made
+    pos-rest-api   physical_store      WooCommerce's point of sale
+    anything else  other
+    ============== ==================  =========================================
+
+    A ``website`` event carries ``event_source_url`` = the store's URL. Meta refuses website
+    events without ``client_user_agent``; an order that recorded none is sent as ``other``.
+
+Connection settings read here (``Connection.settings``; all optional):
+
+``content_id_format``
+    How a line item becomes a ``contents[].id``: ``"id"`` (default: the variation id when
+    there is one, else the product id), ``"sku"`` (the SKU, the id when it has none), or
+    ``"facebook_retailer_id"`` (``{sku}_{id}``, or ``wc_post_id_{id}`` without a SKU: the ids
+    the Facebook for WooCommerce plugin gives catalog items).
+``on_hold_is_paid``
+    ``true`` when the store's offline gateways mean "paid" by ``on-hold``.
+``action_sources``
+    An object ``{created_via: action_source}`` that overrides rows of the table above.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final, get_args
+
+from connector import matching
+from connector.errors import PayloadError
+from connector.events import (
+    INITIATE_CHECKOUT,
+    PURCHASE,
+    ActionSource,
+    CanonicalEvent,
+    Content,
+    CustomData,
+)
+from connector.platform import ConnectionInfo, Outcome
+
+#: prefixed to a draft order's id to make its InitiateCheckout event_id
+INITIATE_CHECKOUT_PREFIX: Final = "wc_checkout_"
+#: the order meta key whose value, when present, is the Purchase event_id
+META_EVENT_ID_KEY: Final = "_meta_event_id"
+
+PAID_STATUSES: Final = frozenset({"processing", "completed"})
+NEVER_PAID_STATUSES: Final = frozenset(
+    {"checkout-draft", "pending", "failed", "cancelled", "trash", "draft", "auto-draft"}
+)
+ON_HOLD: Final = "on-hold"
+CHECKOUT_DRAFT: Final = "checkout-draft"
+
+DEFAULT_ACTION_SOURCES: Final[Mapping[str, ActionSource]] = {
+    "checkout": "website",
+    "store-api": "website",
+    "admin": "other",
+    "rest-api": "system_generated",
+    "subscription": "system_generated",
+    "pos-rest-api": "physical_store",
+}
+CONTENT_ID_FORMATS: Final = ("id", "sku", "facebook_retailer_id")
+_ACTION_SOURCES: Final = frozenset(get_args(ActionSource))
+#: order topics that carry the full order; order.deleted carries only {"id": N}
+_ORDER_EVENTS: Final = frozenset({"created", "updated", "restored"})
+#: receipts keep refs in 64-character columns
+_REF_MAX = 64
+
+
+def translate(topic: str, payload: Any, conn: ConnectionInfo, now: datetime) -> Outcome:
+    """What one verified delivery means for Meta.
+
+    Raises:
+        PayloadError: the body is not an object, or an order lacks what every order has.
+    """
+    if not isinstance(payload, Mapping):
+        raise PayloadError("the body is not a JSON object")
+    error = rest_error(payload)
+    if error is not None:
+        return Outcome(skipped=error)
+    resource, _, event = topic.partition(".")
+    if resource != "order":
+        return Outcome(skipped=f"topic {topic} carries no conversion")
+    order_id = _int(payload.get("id"))
+    if order_id is None or order_id <= 0:
+        raise PayloadError("the order has no numeric id")
+    order_ref = str(order_id)
+    customer_id = _int(payload.get("customer_id"))
+    customer_ref = str(customer_id) if customer_id and customer_id > 0 else None
+    if event == "deleted":
+        return Outcome(
+            skipped=f"order {order_ref} was deleted in the store; nothing to send",
+            order_ref=order_ref,
+            customer_ref=customer_ref,
+        )
+    if event not in _ORDER_EVENTS:
+        return Outcome(
+            skipped=f"topic {topic} carries no conversion", order_ref=order_ref
+        )
+    status = _str(payload.get("status")) or ""
+    if status == CHECKOUT_DRAFT:
+        events = _initiate_checkout(payload, order_id, conn, now)
+        reason = (
+            None if events else f"checkout draft {order_ref} has no email or phone yet"
+        )
+    elif is_paid(payload, conn.settings):
+        events = [_purchase(payload, order_id, conn, now)]
+        reason = None
+    else:
+        events = []
+        reason = f"order {order_ref} is {status[:32] or 'without a status'}: not paid"
+    return Outcome(
+        events=events, skipped=reason, order_ref=order_ref, customer_ref=customer_ref
+    )
+
+
+def rest_error(payload: Mapping[str, Any]) -> str | None:
+    """A readable reason when the body is a WP REST error object instead of a resource."""
+    code, message = payload.get("code"), payload.get("message")
+    if "id" in payload or not isinstance(code, str) or not isinstance(message, str):
+        return None
+    data = payload.get("data")
+    status = data.get("status") if isinstance(data, Mapping) else None
+    hint = (
+        " (the user who owns the webhook may lack the rights to read orders)"
+        if code.startswith("woocommerce_rest_cannot_")
+        else ""
+    )
+    return f"WooCommerce sent an error instead of the resource: {code[:80]} {status or ''}: {message[:200]}{hint}"
+
+
+def is_paid(order: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    """True when this state of the order should count as a Purchase."""
+    status = _str(order.get("status")) or ""
+    if status in NEVER_PAID_STATUSES:
+        return False
+    if status == ON_HOLD:
+        return settings.get("on_hold_is_paid") is True
+    return status in PAID_STATUSES or _gmt(order.get("date_paid_gmt")) is not None
+
+
+def purchase_event_id(order: Mapping[str, Any], order_id: int) -> str:
+    """``_meta_event_id`` when the store records one, else the order id."""
+    value = _str(meta_value(order, META_EVENT_ID_KEY))
+    if value is not None and len(value) <= 255:
+        return value
+    return str(order_id)
+
+
+def action_source_for(
+    created_via: str | None, settings: Mapping[str, Any]
+) -> ActionSource:
+    """The documented table, with the connection's ``action_sources`` overrides."""
+    key = created_via or ""
+    overrides = settings.get("action_sources")
+    if isinstance(overrides, Mapping):
+        chosen = overrides.get(key)
+        if isinstance(chosen, str) and chosen in _ACTION_SOURCES:
+            return chosen  # type: ignore[return-value]  # checked against the Literal's values
+    return DEFAULT_ACTION_SOURCES.get(key, "other")
+
+
+def delivery_key(payload: Any) -> str:
+    """Identical content gives the same key, so a redelivery is a no-op.
+
+    WooCommerce's own delivery id is a hash of the webhook id and the second, so two real
+    deliveries can share it and a redelivery never does; the order's state is what counts.
+    """
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()[:32]
+    if not isinstance(payload, Mapping):
+        return f"body:{digest}"
+    order_id = _int(payload.get("id"))
+    if order_id is None:
+        return f"body:{digest}"
+    status = (_str(payload.get("status")) or "-")[:32]
+    modified = (_str(payload.get("date_modified_gmt")) or "-")[:32]
+    return f"{order_id}:{status}:{modified}:{digest}"[:255]
+
+
+def meta_value(order: Mapping[str, Any], key: str) -> Any:
+    """The value of the first ``meta_data`` entry named ``key``, or None."""
+    for item in _list(order.get("meta_data")):
+        if isinstance(item, Mapping) and item.get("key") == key:
+            return item.get("value")
+    return None
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+def _purchase(
+    order: Mapping[str, Any], order_id: int, conn: ConnectionInfo, now: datetime
+) -> CanonicalEvent:
+    when = (
+        _gmt(order.get("date_paid_gmt"))
+        or _gmt(order.get("date_created_gmt"))
+        or _gmt(order.get("date_modified_gmt"))
+    )
+    return _event(
+        PURCHASE, purchase_event_id(order, order_id), when, order, order_id, conn, now
+    )
+
+
+def _initiate_checkout(
+    order: Mapping[str, Any], order_id: int, conn: ConnectionInfo, now: datetime
+) -> list[CanonicalEvent]:
+    billing = _mapping(order.get("billing"))
+    shipping = _mapping(order.get("shipping"))
+    if not (
+        _str(billing.get("email"))
+        or _str(billing.get("phone"))
+        or _str(shipping.get("phone"))
+    ):
+        return []
+    when = _gmt(order.get("date_modified_gmt")) or _gmt(order.get("date_created_gmt"))
+    event_id = f"{INITIATE_CHECKOUT_PREFIX}{order_id}"
+    return [_event(INITIATE_CHECKOUT, event_id, when, order, order_id, conn, now)]
+
+
+def _event(
+    name: str,
+    event_id: str,
+    when: datetime | None,
+    order: Mapping[str, Any],
+    order_id: int,
+    conn: ConnectionInfo,
+    now: datetime,
+) -> CanonicalEvent:
+    # A store clock ahead of ours must not date an event in the future: Meta refuses those.
+    event_time = min(when, now) if when is not None else now
+    raw = raw_user_data(order, event_time)
+    source = action_source_for(_str(order.get("created_via")), conn.settings)
+    if source == "website" and not raw.get("client_user_agent"):
+        source = "other"
+    customer_id = _int(order.get("customer_id"))
+    return CanonicalEvent(
+        event_name=name,
+        event_id=event_id,
+        event_time=event_time,
+        action_source=source,
+        event_source_url=conn.store if source == "website" else None,
+        user_data=matching.user_data(raw),
+        custom_data=_custom_data(order, order_id, conn.settings),
+        order_ref=str(order_id),
+        customer_ref=str(customer_id)[:_REF_MAX]
+        if customer_id and customer_id > 0
+        else None,
+    )
+
+
+def _custom_data(
+    order: Mapping[str, Any], order_id: int, settings: Mapping[str, Any]
+) -> CustomData:
+    total = _decimal(order.get("total"))
+    if total is None:
+        raise PayloadError(f"order {order_id} has no valid total")
+    currency = _str(order.get("currency"))
+    if currency is None or len(currency) != 3 or not currency.isalpha():
+        raise PayloadError(f"order {order_id} has no valid currency")
+    fmt = settings.get("content_id_format")
+    if fmt not in CONTENT_ID_FORMATS:
+        fmt = "id"
+    contents = tuple(_contents(_list(order.get("line_items")), str(fmt)))
+    return CustomData(
+        value=total,
+        currency=currency.upper(),
+        contents=contents,
+        content_ids=tuple(dict.fromkeys(c.id for c in contents)),
+        content_type="product",
+        num_items=sum(c.quantity for c in contents) if contents else None,
+        order_id=str(order_id),
+    )
+
+
+def _contents(items: Iterable[Any], fmt: str) -> Iterable[Content]:
+    for item in items:
+        if not isinstance(item, Mapping):
+            continue
+        quantity = _int(item.get("quantity"))
+        if quantity is None or quantity <= 0:
+            continue
+        variation = _int(item.get("variation_id")) or 0
+        product = _int(item.get("product_id")) or 0
+        post_id = variation if variation > 0 else product
+        sku = _str(item.get("sku"))
+        if fmt == "sku":
+            content_id = sku or (str(post_id) if post_id > 0 else None)
+        elif fmt == "facebook_retailer_id":
+            if post_id > 0:
+                content_id = f"{sku}_{post_id}" if sku else f"wc_post_id_{post_id}"
+            else:
+                content_id = sku
+        else:
+            content_id = str(post_id) if post_id > 0 else None
+        if content_id is None:
+            continue  # a line whose product was deleted: nothing a catalog could match
+        price = _decimal(item.get("price"))
+        if price is None:
+            subtotal = _decimal(item.get("subtotal"))
+            price = subtotal / quantity if subtotal is not None else None
+        yield Content(id=content_id, quantity=quantity, item_price=price)
+
+
+def raw_user_data(order: Mapping[str, Any], event_time: datetime) -> dict[str, Any]:
+    """The order's customer information under Meta's keys, raw (``connector.matching`` hashes it).
+
+    The billing country comes first in ``country``: it is the region a phone number without
+    a country code is read in.
+    """
+    billing = _mapping(order.get("billing"))
+    shipping = _mapping(order.get("shipping"))
+
+    def both(key: str) -> list[str]:
+        return _unique(_str(billing.get(key)), _str(shipping.get(key)))
+
+    raw: dict[str, Any] = {
+        "em": _unique(_str(billing.get("email"))),
+        "ph": both("phone"),
+        "fn": both("first_name"),
+        "ln": both("last_name"),
+        "ct": both("city"),
+        "st": both("state"),
+        "zp": both("postcode"),
+        "country": both("country"),
+    }
+    customer_id = _int(order.get("customer_id"))
+    if customer_id and customer_id > 0:
+        raw["external_id"] = [str(customer_id)]
+    ip = _str(order.get("customer_ip_address"))
+    agent = _str(order.get("customer_user_agent")) or _str(
+        meta_value(order, "_wc_order_attribution_user_agent")
+    )
+    fbp = _str(meta_value(order, "_fbp"))
+    fbc = _str(meta_value(order, "_fbc")) or _fbc_from_attribution(order, event_time)
+    for key, value in (
+        ("client_ip_address", ip),
+        ("client_user_agent", agent),
+        ("fbp", fbp),
+        ("fbc", fbc),
+    ):
+        if value:
+            raw[key] = value
+    return {k: v for k, v in raw.items() if v}
+
+
+def _fbc_from_attribution(order: Mapping[str, Any], event_time: datetime) -> str | None:
+    # WooCommerce's order attribution records the landing page; an ad click leaves its fbclid there.
+    entry = _str(meta_value(order, "_wc_order_attribution_session_entry"))
+    if entry is None:
+        return None
+    fbclid = matching.fbclid_from_url(entry)
+    if not fbclid:
+        return None
+    clicked = (
+        _gmt(meta_value(order, "_wc_order_attribution_session_start_time"))
+        or _gmt(order.get("date_created_gmt"))
+        or event_time
+    )
+    return matching.build_fbc(fbclid, min(clicked, event_time))
+
+
+# -- lenient readers: WooCommerce sends numbers as strings, and plugins add odd shapes --
+
+
+def _str(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int | float):
+        return str(value)
+    return None
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isascii() and text.isdigit() and len(text) <= 19:
+            return int(text)
+    return None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if not isinstance(value, str | int | float):
+        return None
+    try:
+        rv = Decimal(str(value).strip())
+    except InvalidOperation:
+        return None
+    return rv if rv.is_finite() and abs(rv) < Decimal("1e15") else None
+
+
+def _gmt(value: Any) -> datetime | None:
+    """A ``*_gmt`` field (``2017-03-22T19:28:08``, UTC without an offset) as an aware datetime."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace(" ", "T", 1))
+        return (
+            parsed.replace(tzinfo=UTC)
+            if parsed.tzinfo is None
+            else parsed.astimezone(UTC)
+        )
+    except (ValueError, OverflowError):
+        return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _unique(*values: str | None) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
