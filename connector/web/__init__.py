@@ -34,11 +34,13 @@ def create_app(
     _configure_logging()
 
     from connector.web import admin, errors, health, webhooks
+    from connector.web import meta as meta_routes
 
     errors.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(meta_routes.bp)
     for adapter in registry.adapters().values():
         bp = adapter.blueprint()
         if bp is not None:
