@@ -55,9 +55,10 @@ def _letters_and_digits(value: str) -> str:
     text in other scripts is fine as UTF-8, and an NFD "é" must hash like an NFC one.
     """
     text = unicodedata.normalize("NFC", value).lower()
-    # lower() can decompose (İ -> i + U+0307); compose again so the result is stable.
-    text = unicodedata.normalize("NFC", text)
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] in "LMN")
+    kept = "".join(ch for ch in text if unicodedata.category(ch)[0] in "LMN")
+    # Compose again: lower() can decompose (İ -> i + U+0307), and dropping a character
+    # can bring a base letter and its accent together ("e.\u0301" -> "é").
+    return unicodedata.normalize("NFC", kept)
 
 
 def _ascii_key(value: str) -> str:
@@ -507,9 +508,9 @@ def _state(value: str, country: str | None) -> str | None:
     text = value.strip().lower()
     # ISO 3166-2 form ("US-CA"): the part after the country is the state's code.
     match = _SUBDIVISION.fullmatch(text)
-    if match and (country is None or match.group(1) == country):
-        country = country or _country(match.group(1))
-        text = match.group(2)
+    prefix = _country(match.group(1)) if match else None
+    if match and prefix is not None and country in (None, prefix):
+        country, text = prefix, match.group(2)
     if country in _STATE_BY_NAME:
         return _STATE_BY_NAME[country].get(_ascii_key(text))
     if country is None:
@@ -562,13 +563,19 @@ def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | No
 
 
 def _phone(value: str, country: str | None) -> str | None:
-    text = value.strip()
+    # Any script's digits (full-width, Arabic-Indic, ...) as ASCII, so "00" is seen as such.
+    text = "".join(
+        str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in value
+    )
+    text = text.strip()
     compact = _PHONE_NOISE.sub("", text)
     if compact.startswith("00"):
         # "00" is the international prefix in most of the world: the number carries its code.
         text = "+" + compact[2:]
+    elif compact.startswith("+"):
+        text = compact  # "(+44) 7911 123456"
     region = country.upper() if country else None
-    digits = "".join(ch for ch in compact if ch.isdigit())
+    digits = "".join(ch for ch in compact if ch.isdecimal())
     number = None
     if text.startswith("+"):
         explicit = _parse_phone(text, None)
@@ -595,7 +602,9 @@ def _phone(value: str, country: str | None) -> str | None:
                 number = local
     if number is None:
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
+    # E.164 allows at most 15 digits; phonenumbers' "possible" lengths go beyond it.
+    return e164 if len(e164) <= 15 else None
 
 
 # --- email, gender, date of birth ---------------------------------------------------
@@ -604,7 +613,7 @@ _EMAIL: Final = re.compile(r"[^\s@]+@[^\s@.]+(\.[^\s@.]+)+")
 
 
 def _email(value: str) -> str | None:
-    text = value.strip().lower()
+    text = unicodedata.normalize("NFC", value.strip().lower())
     if len(text) > 254 or _EMAIL.fullmatch(text) is None:
         return None
     return text
@@ -856,6 +865,7 @@ def fbclid_from_url(url: str) -> str | None:
     except ValueError:
         return None
     for name, value in parse_qsl(query, keep_blank_values=True):
-        if name == "fbclid" and value.strip():
+        # Landing URLs copied out of HTML arrive with "&amp;" between parameters.
+        if name.removeprefix("amp;") == "fbclid" and value.strip():
             return value.strip()
     return None

@@ -133,6 +133,11 @@ def test_meta_page_normalized_forms(field: str, raw: str, normalized: str) -> No
             id="rfc-local-part",
         ),
         pytest.param("josé@exämple.de", "josé@exämple.de", id="unicode"),
+        pytest.param(
+            unicodedata.normalize("NFD", "JOSÉ@example.de"),
+            "josé@example.de",
+            id="nfd-composes",
+        ),
         pytest.param("person.example.com", None, id="no-at"),
         pytest.param("person@", None, id="no-domain"),
         pytest.param("@example.com", None, id="no-local-part"),
@@ -168,6 +173,14 @@ def test_email(raw: str, expected: str | None) -> None:
             "+49 (0)30 1234567", None, "49301234567", id="de-bracketed-trunk-zero"
         ),
         pytest.param("0049 30 1234567", "us", "49301234567", id="double-zero-prefix"),
+        pytest.param("(+44) 7911 123456", "us", "447911123456", id="bracketed-plus"),
+        pytest.param(
+            "\u0660\u0667\u0669\u0661\u0661 123456",
+            "gb",
+            "447911123456",
+            id="arabic-indic-digits",
+        ),
+        pytest.param("+49 1234567890123456", None, None, id="longer-than-e164"),
         pytest.param("07911 123456", "gb", "447911123456", id="gb-mobile"),
         pytest.param("+44 844 412 4653", None, "448444124653", id="gb-international"),
         pytest.param("090-1234-5678", "jp", "819012345678", id="jp-mobile"),
@@ -219,6 +232,7 @@ NFD_VALERY = unicodedata.normalize("NFD", "Valéry")
         pytest.param("Иван", "иван", id="cyrillic"),
         pytest.param("山田", "山田", id="cjk"),
         pytest.param("José 🎉", "josé", id="emoji"),
+        pytest.param("Jose.\u0301", "josé", id="accent-meets-its-letter"),
         pytest.param("...", None, id="punctuation-only"),
         pytest.param("", None, id="empty"),
     ],
@@ -258,6 +272,16 @@ def test_sdk_keeps_punctuation_in_names() -> None:
 def test_city(raw: str, expected: str | None) -> None:
     """Cities are lower-cased without spaces or punctuation; letters of other scripts stay (UTF-8, as Meta allows)."""
     assert expected == normalize("ct", raw)
+
+
+def test_sdk_keeps_apostrophes_in_cities() -> None:
+    """The Business SDK strips only digits, spaces, dots, dashes and brackets, leaving "stjohn's"; Meta's page says no punctuation."""
+    assert "stjohns" == normalize("ct", "St. John's")
+
+
+def test_param_builder_drops_non_latin_cities() -> None:
+    """The param builder strips every non-Latin letter, which leaves nothing of "東京"; Meta's page accepts UTF-8 text, so it stays."""
+    assert "東京" == normalize("ct", "東京")
 
 
 # --- ge / db --------------------------------------------------------------------
@@ -318,6 +342,9 @@ def test_birth_date(raw: str, expected: str | None) -> None:
         pytest.param("new york", "us", "ny", id="us-lower-name"),
         pytest.param(" TX ", "us", "tx", id="us-code"),
         pytest.param("US-WA", "us", "wa", id="iso-3166-2"),
+        pytest.param("us-wa", None, "wa", id="iso-3166-2-names-its-country"),
+        pytest.param("DE-BY", "de", "by", id="iso-3166-2-elsewhere"),
+        pytest.param("ab-cd", None, "abcd", id="not-a-subdivision"),
         pytest.param("District of Columbia", "us", "dc", id="dc"),
         pytest.param("Narnia", "us", None, id="us-unknown"),
         pytest.param("Ontario", "ca", "on", id="ca-province-name"),
@@ -339,6 +366,11 @@ def test_state(raw: str, country: str | None, expected: str | None) -> None:
 def test_sdk_keeps_full_us_state_names() -> None:
     """The Business SDK hashes "california" for California; Meta's page asks for the ANSI code "ca"."""
     assert "ca" == normalize("st", "California", country="us")
+
+
+def test_param_builder_truncates_foreign_states() -> None:
+    """The param builder cuts every state to 2 letters ("bavaria" -> "ba"); Meta's page asks only non-US states to lose spaces and punctuation."""
+    assert "bavaria" == normalize("st", "Bavaria", country="de")
 
 
 @pytest.mark.parametrize(
@@ -379,6 +411,11 @@ def test_zip(raw: str, country: str | None, expected: str | None) -> None:
 def test_sdk_keeps_nine_digit_zip() -> None:
     """The Business SDK only cuts at a dash, so "940351234" stays 9 digits; Meta's page says the first 5 digits for the US."""
     assert "94035" == normalize("zp", "940351234", country="us")
+
+
+def test_uk_postcode_is_kept_whole() -> None:
+    """Meta's page says "area, district, and sector" for the UK but its example is the whole postcode "m11ae": the example is followed, spaces removed (the param builder would keep "m1 1ae")."""
+    assert "m11ae" == normalize("zp", "M1 1AE", country="gb")
 
 
 @pytest.mark.parametrize(
@@ -637,6 +674,9 @@ def test_build_fbc_needs_an_aware_time() -> None:
         pytest.param(
             "https://shop.example/?fbclid=AbC%2DdE#top", "AbC-dE", id="percent-encoded"
         ),
+        pytest.param(
+            "/?utm_source=fb&amp;fbclid=AbC", "AbC", id="html-escaped-ampersand"
+        ),
         pytest.param("https://shop.example/?fbclid=", None, id="empty-value"),
         pytest.param("https://shop.example/?gclid=AbC", None, id="absent"),
         pytest.param(
@@ -674,6 +714,8 @@ IDEMPOTENT_FIELDS = (
 @given(field=fields, value=st.text(), country=countries)
 @example(field="ph", value="\x00+", country=None)
 @example(field="db", value="0000-00-00", country=None)
+@example(field="ph", value="10000000000000", country="de")
+@example(field="ph", value="0\u06600000", country="de")
 def test_normalize_never_raises(field: str, value: str, country: str | None) -> None:
     """Whatever a store sends, normalization answers with a string or None."""
     rv = normalize(field, value, country=country)
@@ -681,6 +723,10 @@ def test_normalize_never_raises(field: str, value: str, country: str | None) -> 
 
 
 @given(field=st.sampled_from(IDEMPOTENT_FIELDS), value=st.text(), country=countries)
+@example(field="fn", value="e.\u0301", country=None)
+@example(field="ln", value="\u0130", country=None)
+@example(field="st", value="US-CA", country=None)
+@example(field="zp", value="94035-1234", country=None)
 def test_normalize_is_idempotent(field: str, value: str, country: str | None) -> None:
     """Normalizing a normalized value changes nothing."""
     once = normalize(field, value, country=country)
@@ -694,6 +740,7 @@ def test_normalize_is_idempotent(field: str, value: str, country: str | None) ->
         st.text(alphabet="0123456789", min_size=8, max_size=15),
     )
 )
+@example(value="0\u06600000")
 def test_phone_reads_back_from_its_normalized_form(value: str) -> None:
     """A normalized phone, written back with a +, normalizes to itself whatever the region."""
     once = normalize("ph", value, country="us")
