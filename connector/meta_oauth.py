@@ -239,8 +239,13 @@ def graph_error(response: requests.Response) -> GraphError:
 
 
 def _is_permission_error(exc: GraphError) -> bool:
-    # 10 and 200-299: the token may not read this object; 100: the object does not support the edge.
-    return exc.code is not None and (exc.code in (10, 100) or 200 <= exc.code < 300)
+    # 10 and 200-299: the token may not read this object; 100/33: the object is out of reach.
+    # Any other 100 (a bad appsecret_proof, say) is our fault and must not read as "no pixels".
+    if exc.code is None:
+        return False
+    return (
+        exc.code == 10 or 200 <= exc.code < 300 or (exc.code, exc.subcode) == (100, 33)
+    )
 
 
 class MetaClient:

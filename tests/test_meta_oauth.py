@@ -11,10 +11,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
-from flask import Flask
 from sqlalchemy import func, select
 
 from connector.config import Settings
+from connector.dispatcher import run_worker
 from connector.links import sign_admin_link
 from connector.runtime import Runtime
 from connector.store import queries
@@ -25,6 +25,8 @@ from connector.store.models import (
     EventStatus,
     OAuthState,
 )
+from tests.fakes.graph import FakeGraph
+from tests.fakes.graph import make_app as make_graph_app
 from tests.fakes.meta import FakeMeta, FakeUser
 from tests.fakes.meta import blueprint as meta_blueprint
 from tests.fakes.server import LiveServer, serve
@@ -72,31 +74,31 @@ def many_pixels_user() -> FakeUser:
     )
 
 
-def fake_app(state: FakeMeta) -> Flask:
-    """One fake for all of Meta: the Graph events endpoint when it exists, plus the login routes."""
-    try:
-        from tests.fakes import graph
-    except ImportError:
-        app = Flask("fake_meta")
-    else:
-        app = graph.make_app()
-    app.register_blueprint(meta_blueprint(state))
-    return app
+@dataclass
+class FakeMetaServer:
+    """One fake for all of Meta: login, token and pixel reads, and the events endpoint."""
+
+    meta: FakeMeta
+    graph: FakeGraph
+    server: LiveServer
 
 
 @pytest.fixture
-def meta() -> Iterator[tuple[FakeMeta, LiveServer]]:
+def meta() -> Iterator[FakeMetaServer]:
     state = FakeMeta(user=one_pixel_user())
-    with serve(fake_app(state)) as server:
-        yield state, server
+    graph_state = FakeGraph(tokens=set(), app_secret=state.app_secret)
+    # a token the login fake issues is one the events endpoint accepts, until it is revoked
+    state.graph_tokens = graph_state.tokens
+    app = make_graph_app(graph_state)
+    app.register_blueprint(meta_blueprint(state))
+    with serve(app) as server:
+        yield FakeMetaServer(meta=state, graph=graph_state, server=server)
 
 
 @pytest.fixture
-def settings(
-    make_settings: Callable[..., Settings], meta: tuple[FakeMeta, LiveServer]
-) -> Settings:
+def settings(make_settings: Callable[..., Settings], meta: FakeMetaServer) -> Settings:
     """The connector's settings, pointing Graph and the login dialog at the fake."""
-    state, server = meta
+    state, server = meta.meta, meta.server
     return make_settings(
         app_url=APP_URL,
         meta_app_id=state.app_id,
@@ -107,8 +109,13 @@ def settings(
 
 
 @pytest.fixture
-def fake(meta: tuple[FakeMeta, LiveServer]) -> FakeMeta:
-    return meta[0]
+def fake(meta: FakeMetaServer) -> FakeMeta:
+    return meta.meta
+
+
+@pytest.fixture
+def graph(meta: FakeMetaServer) -> FakeGraph:
+    return meta.graph
 
 
 def text_of(rv: Any) -> str:
@@ -535,3 +542,51 @@ def test_disconnect_needs_the_store_admins_signed_link(
     rv = browser.post("/meta/disconnect", data={"connection": conn_id, "token": token})
     assert 401 == rv.status_code
     assert load(runtime, conn_id).meta_token is not None
+
+
+def test_connect_sends_one_test_event_and_shows_metas_answer(
+    browser: Browser, runtime: Runtime, fake: FakeMeta, graph: FakeGraph
+) -> None:
+    """With a test_event_code, the fake receives one event carrying it, and the page says so."""
+    conn_id = add_connection(runtime, test_event_code="TEST4242")
+    rv = browser.connect(conn_id)
+    page = text_of(rv)
+    assert 200 == rv.status_code, page
+    [received] = graph.received
+    assert ("111222333444", "TEST4242") == (received.pixel_id, received.test_event_code)
+    assert "Meta received 1 test event" in page
+
+
+def test_no_test_event_without_a_test_event_code(
+    browser: Browser, runtime: Runtime, graph: FakeGraph
+) -> None:
+    """Without a test_event_code nothing is sent at connect time: test mode never leaks."""
+    conn_id = add_connection(runtime)
+    assert 200 == browser.connect(conn_id).status_code
+    assert [] == graph.received
+
+
+def test_revoked_token_holds_events_until_a_reconnect_sends_each_once(
+    browser: Browser, runtime: Runtime, fake: FakeMeta, graph: FakeGraph
+) -> None:
+    """A 190 holds the events and flags the connection; after reconnecting each is sent once."""
+    conn_id = add_connection(runtime)
+    assert 200 == browser.connect(conn_id).status_code
+    [first_token] = fake.long_lived_tokens()
+    ids = [f"order-{n}" for n in range(5)]
+    for event_id in ids:
+        add_event(runtime, conn_id, event_id, EventStatus.PENDING, timedelta(hours=1))
+    fake.revoke(first_token)  # the owner changed their Facebook password
+
+    run_worker(runtime=runtime, drain=True)
+    conn = load(runtime, conn_id)
+    assert ConnectionStatus.NEEDS_RECONNECT == conn.status
+    assert {EventStatus.HELD} == {s for s, _ in statuses(runtime, conn_id).values()}
+    assert [] == graph.event_ids()
+
+    rv = browser.connect(conn_id)
+    assert "5 held events will be sent now" in text_of(rv)
+    assert ConnectionStatus.ACTIVE == load(runtime, conn_id).status
+    run_worker(runtime=runtime, drain=True)
+    assert {EventStatus.SENT} == {s for s, _ in statuses(runtime, conn_id).values()}
+    assert sorted(ids) == sorted(graph.event_ids())

@@ -91,6 +91,8 @@ class FakeMeta:
     tokens: dict[str, TokenRecord] = field(default_factory=dict)
     #: (method, path) of every request, in order
     calls: list[tuple[str, str]] = field(default_factory=list)
+    #: the events endpoint's set of valid tokens, kept in step with issues and revocations
+    graph_tokens: set[str] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def issue_token(
@@ -115,12 +117,16 @@ class FakeMeta:
             data_access_expires_at=now + DATA_ACCESS_SECONDS,
             issued_at=now,
         )
+        if self.graph_tokens is not None:
+            self.graph_tokens.add(token)
         return token
 
     def revoke(self, token: str, subcode: int = 460) -> None:
         """The person changed their password (460) or removed the app (458)."""
         self.tokens[token].valid = False
         self.tokens[token].error_subcode = subcode
+        if self.graph_tokens is not None:
+            self.graph_tokens.discard(token)
 
     def expire_in(self, token: str, seconds: int) -> None:
         self.tokens[token].expires_at = int(self.clock()) + seconds
@@ -432,7 +438,7 @@ def blueprint(state: FakeMeta) -> Blueprint:
 
 
 def make_app(state: FakeMeta | None = None) -> Flask:
-    """The fake on its own (without the events endpoint)."""
+    """The fake on its own (tests that also send events add this blueprint to the Graph fake)."""
     app = Flask(__name__)
     app.register_blueprint(blueprint(state or FakeMeta()))
     return app
