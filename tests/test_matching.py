@@ -7,6 +7,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import phonenumbers
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -200,6 +201,39 @@ def test_email(raw: str, expected: str | None) -> None:
 def test_phone(raw: str, country: str | None, expected: str | None) -> None:
     """Phones become E.164 digits with their country code, the order's country filling in a missing one."""
     assert expected == normalize("ph", raw, country=country)
+
+
+#: Every region with phone numbers that is also an ISO 3166-1 country (phonenumbers also
+#: knows Ascension "AC", Tristan da Cunha "TA" and Kosovo "XK", which are not).
+PHONE_REGIONS = sorted(set(phonenumbers.SUPPORTED_REGIONS) - {"AC", "TA", "XK"})
+PHONE_FORMATS = (
+    phonenumbers.PhoneNumberFormat.NATIONAL,
+    phonenumbers.PhoneNumberFormat.INTERNATIONAL,
+    phonenumbers.PhoneNumberFormat.E164,
+    phonenumbers.PhoneNumberFormat.RFC3966,
+)
+
+
+@pytest.mark.parametrize("region", PHONE_REGIONS)
+def test_every_country_phone_in_every_format(region: str) -> None:
+    """A country's example numbers, written any usual way, all hash as the same E.164 digits."""
+    examples = [
+        phonenumbers.example_number_for_type(region, kind)
+        for kind in (
+            phonenumbers.PhoneNumberType.FIXED_LINE,
+            phonenumbers.PhoneNumberType.MOBILE,
+        )
+    ]
+    numbers = [n for n in examples if n is not None]
+    assert numbers
+    for number in numbers:
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[
+            1:
+        ]
+        for fmt in PHONE_FORMATS:
+            written = phonenumbers.format_number(number, fmt)
+            assert e164 == normalize("ph", written, country=region.lower()), written
+        assert e164 == normalize("ph", e164), "Meta's normalized form needs no region"
 
 
 def test_sdk_phone_rule_loses_the_country_code() -> None:
@@ -439,6 +473,20 @@ def test_uk_postcode_is_kept_whole() -> None:
 def test_country(raw: str, expected: str | None) -> None:
     """Countries are ISO 3166-1 alpha-2 in lowercase; unknown codes and names are dropped."""
     assert expected == normalize("country", raw)
+
+
+@pytest.mark.parametrize(
+    "code", [*PHONE_REGIONS, "AQ", "BV", "GS", "HM", "PN", "TF", "UM"]
+)
+def test_every_iso_country_code_is_known(code: str) -> None:
+    """All 249 ISO 3166-1 alpha-2 codes are accepted: the phone regions plus the seven territories without phones."""
+    assert code.lower() == normalize("country", code)
+
+
+@pytest.mark.parametrize("code", ["AC", "TA", "XK", "EU", "UN"])
+def test_codes_outside_iso_3166_1_are_refused(code: str) -> None:
+    """Phone-only regions and other reserved codes are not countries Meta can match on."""
+    assert normalize("country", code) is None
 
 
 # --- external_id and unhashed keys ----------------------------------------------
@@ -747,6 +795,27 @@ def test_phone_reads_back_from_its_normalized_form(value: str) -> None:
     if once is not None:
         assert once == normalize("ph", "+" + once)
         assert once == normalize("ph", "+" + once, country="de")
+
+
+@given(field=st.sampled_from(["fn", "ln", "ct", "st"]), value=st.text())
+def test_unicode_form_never_changes_the_hash(field: str, value: str) -> None:
+    """NFD, NFC and mixed input of the same text normalize alike."""
+    nfc = normalize(field, unicodedata.normalize("NFC", value))
+    assert nfc == normalize(field, unicodedata.normalize("NFD", value))
+    assert nfc == normalize(field, value)
+
+
+@given(
+    zip5=st.from_regex(r"[0-9]{5}", fullmatch=True),
+    plus4=st.one_of(st.just(""), st.from_regex(r"[ -]?[0-9]{4}", fullmatch=True)),
+    left=padding,
+    right=padding,
+)
+def test_us_zip_is_its_first_five_digits(
+    zip5: str, plus4: str, left: str, right: str
+) -> None:
+    """A US ZIP or ZIP+4, however written, is its five-digit ZIP."""
+    assert zip5 == normalize("zp", f"{left}{zip5}{plus4}{right}", country="us")
 
 
 @given(raw=st.emails(), left=padding, right=padding)
