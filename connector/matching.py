@@ -784,6 +784,9 @@ def normalize(field: str, value: str, *, country: str | None = None) -> str | No
     return normalizer(value, hint)
 
 
+_COUNTRY_DEPENDENT: Final = frozenset({"ph", "st", "zp"})
+
+
 def _values(key: str, raw: Any) -> list[str]:
     if raw is None:
         return []
@@ -811,16 +814,29 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"not user_data keys: {sorted(unknown)!r}")
     values = {key: _values(key, raw[key]) for key in raw}
-    # The first valid country is the default region for phones and the rulebook for zp/st.
-    country = next(
-        (c for c in map(_country, values.get("country", ())) if c is not None),
-        None,
-    )
+    # The first valid country is the default region for phones and the rulebook for
+    # zp and st. An order may ship to another country than it bills, and the values are
+    # not paired with their address: what the first country's rules refuse is read by
+    # the next country's.
+    countries: list[str | None] = []
+    for code in map(_country, values.get("country", ())):
+        if code is not None and code not in countries:
+            countries.append(code)
+    country = countries[0] if countries else None
     rv: dict[str, Any] = {}
     for key in HASHED_KEYS:
         digests: list[str] = []
         for value in values.get(key, ()):
-            normalized = normalize(key, value, country=country)
+            if key in _COUNTRY_DEPENDENT:
+                normalized = next(
+                    filter(
+                        None,
+                        (normalize(key, value, country=c) for c in countries or [None]),
+                    ),
+                    None,
+                )
+            else:
+                normalized = normalize(key, value, country=country)
             if normalized is None:
                 continue
             digest = normalized if is_hashed(normalized) else hash_value(normalized)

@@ -634,6 +634,22 @@ def test_user_data_object_shape() -> None:
     } == rv
 
 
+def test_billing_and_shipping_in_different_countries() -> None:
+    """A US billing and a Canadian shipping address both count: what US rules refuse is read by Canada's."""
+    rv = normalize_user_data(
+        {
+            "country": ["US", "CA"],
+            "st": ["CA", "Ontario"],
+            "zp": ["94035-1234", "K1A 0B1"],
+            "ph": ["(650) 555-1212", "(416) 555-0199"],
+        }
+    )
+    assert [sha256("us"), sha256("ca")] == rv["country"]
+    assert [sha256("ca"), sha256("on")] == rv["st"]
+    assert [sha256("94035"), sha256("k1a0b1")] == rv["zp"]
+    assert [sha256("16505551212"), sha256("14165550199")] == rv["ph"]
+
+
 def test_several_values_keep_their_order() -> None:
     """Several emails and names are all sent, deduplicated, first seen first."""
     rv = normalize_user_data(
