@@ -26,13 +26,19 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 import requests
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.errors import ConfigError, GraphError
 from connector.platform import PeriodicJob
 from connector.store import queries
-from connector.store.models import Connection, ConnectionStatus, Event, EventStatus
+from connector.store.models import (
+    Connection,
+    ConnectionStatus,
+    Event,
+    EventStatus,
+    OAuthState,
+)
 
 if TYPE_CHECKING:
     from connector.config import Settings
@@ -680,8 +686,22 @@ def check_tokens(
     return rv
 
 
+def purge_states(session: Session, now: datetime) -> int:
+    """Delete this flow's states a day past expiry: an abandoned pixel choice holds a token."""
+    result = session.execute(
+        delete(OAuthState).where(
+            OAuthState.purpose.in_([CONNECT_PURPOSE, PICK_PURPOSE]),
+            OAuthState.expires_at < now - timedelta(days=1),
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
 def _run_token_check(runtime: Runtime) -> None:
-    check_tokens(runtime, now=datetime.now(UTC))
+    now = datetime.now(UTC)
+    check_tokens(runtime, now=now)
+    with runtime.sessions.begin() as session:
+        purge_states(session, now)
 
 
 def periodic_jobs() -> list[PeriodicJob]:

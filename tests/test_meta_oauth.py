@@ -278,6 +278,14 @@ def test_several_pixels_are_offered_and_the_choice_is_stored(
     conn = load(runtime, conn_id)
     assert "123123123123" == conn.pixel_id
     assert fake.long_lived_tokens() == [conn.meta_token]
+    with runtime.sessions() as db:
+        # the spent choice keeps no copy of the token, not even encrypted
+        assert [{}] == [
+            s.data
+            for s in db.scalars(
+                select(OAuthState).where(OAuthState.purpose == "meta_pick")
+            )
+        ]
 
 
 def test_a_pixel_that_was_not_offered_is_refused_and_the_choice_stays_open(

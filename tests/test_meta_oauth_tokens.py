@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from connector import meta_oauth
 from connector.config import Settings
@@ -15,7 +16,7 @@ from connector.errors import GraphError
 from connector.meta_oauth import MetaClient, TokenInfo
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Connection, ConnectionStatus
+from connector.store.models import Connection, ConnectionStatus, OAuthState
 from tests.fakes.meta import FakeMeta, FakeUser, make_app
 from tests.fakes.server import LiveServer, serve
 
@@ -436,3 +437,27 @@ def test_the_worker_runs_the_check_daily(
     conn = load(runtime, conn_id)
     assert conn.meta_checked_at is not None
     assert "meta token expires on" in (conn.status_reason or "")
+
+
+def test_the_daily_job_purges_abandoned_connect_states(
+    runtime: Runtime, settings: Settings, fake: FakeMeta
+) -> None:
+    """States of this flow a day past expiry are deleted; live ones and other flows' stay."""
+    now = datetime.now(UTC)
+    with runtime.sessions.begin() as db:
+        conn_id = queries.upsert_connection(db, "shopify", "states.myshopify.com").id
+        for purpose, age in (
+            (meta_oauth.PICK_PURPOSE, 2 * DAY),
+            (meta_oauth.CONNECT_PURPOSE, 2 * DAY),
+            (meta_oauth.PICK_PURPOSE, timedelta(minutes=1)),
+            ("shopify_install", 2 * DAY),
+        ):
+            queries.issue_state(db, purpose, connection_id=conn_id, now=now - age)
+    [job] = meta_oauth.periodic_jobs()
+    job.run(runtime)
+    with runtime.sessions() as db:
+        left = sorted(
+            (s.purpose, s.created_at > now - DAY)
+            for s in db.scalars(select(OAuthState))
+        )
+    assert [(meta_oauth.PICK_PURPOSE, True), ("shopify_install", False)] == left

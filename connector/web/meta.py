@@ -233,6 +233,8 @@ def pick() -> Any:
             expires_at=token.expires_at,
             scopes=tuple(state.data.get("scopes") or ()),
         )
+        # The token now lives on the connection only; the spent state keeps no copy.
+        state.data = {}
         # Same transaction as spending the state: the choice is stored whole or not at all.
         conn = queries.get_connection(db, started_for)
         outcome = meta_oauth.save_connection(db, conn, token, info, pixel_id, now)
