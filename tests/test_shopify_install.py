@@ -541,3 +541,43 @@ def test_reconciliation_reports_a_shop_it_cannot_reach(
     report = install.reconcile(runtime, now=datetime.now(UTC))
     assert [] == report.checked
     assert [conn.id] == list(report.failed)
+
+
+def _signed_query(shop: str, **extra: str) -> dict[str, str]:
+    params = {"shop": shop, "timestamp": str(int(time.time())), **extra}
+    params["hmac"] = sign_query(params, API_SECRET)
+    return params
+
+
+def test_signed_app_url_opens_the_page_of_an_installed_shop(
+    client: Any, runtime: Runtime, fake: FakeShopify
+) -> None:
+    """Shopify opening the app URL (signed query) shows an installed shop its page."""
+    _installed(client, runtime)
+    fresh = client.application.test_client()  # no session cookie from the install
+    rv = fresh.get(f"/shopify/app?{urlencode(_signed_query(SHOP))}")
+    assert 200 == rv.status_code
+    assert "Connect Meta" in rv.get_data(as_text=True)
+
+
+def test_signed_app_url_of_an_unknown_shop_starts_the_install(
+    client: Any, runtime: Runtime
+) -> None:
+    """Shopify opening the app URL for a shop not yet installed starts the install link."""
+    rv = client.get(f"/shopify/app?{urlencode(_signed_query(OTHER_SHOP))}")
+    assert 302 == rv.status_code
+    assert f"/shopify/install?shop={OTHER_SHOP}" == rv.headers["Location"]
+
+
+def test_install_link_with_a_forged_shopify_signature_is_refused(
+    client: Any, runtime: Runtime
+) -> None:
+    """An install link claiming Shopify's signature must carry a valid one."""
+    forged = _signed_query(SHOP) | {"hmac": "f" * 64}
+    assert 401 == client.get(f"/shopify/install?{urlencode(forged)}").status_code
+    assert (
+        302
+        == client.get(f"/shopify/install?{urlencode(_signed_query(SHOP))}").status_code
+    )
+    with runtime.sessions() as s:
+        assert 1 == len(list(s.scalars(select(OAuthState))))
