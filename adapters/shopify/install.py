@@ -92,17 +92,16 @@ def install() -> Response:
     if "hmac" in request.args:
         # Shopify opening the install link signs it; an unsigned link from our own page is fine too.
         oauth.verify_query(_query_pairs(), _secrets(settings), now)
-    admin = ShopifyAdmin.from_settings(settings)
-    with runtime.sessions.begin() as s:
-        state = queries.issue_state(s, STATE_PURPOSE, store=shop, now=now)
-    url = oauth.authorize_url(
-        admin.base(shop),
-        client_id=admin.api_key,
-        scopes=settings.shopify_scopes,
-        redirect_uri=f"{settings.app_url}/shopify/callback",
-        state=state,
-    )
-    admin.close()
+    with ShopifyAdmin.from_settings(settings) as admin:
+        with runtime.sessions.begin() as s:
+            state = queries.issue_state(s, STATE_PURPOSE, store=shop, now=now)
+        url = oauth.authorize_url(
+            admin.base(shop),
+            client_id=admin.api_key,
+            scopes=settings.shopify_scopes,
+            redirect_uri=f"{settings.app_url}/shopify/callback",
+            state=state,
+        )
     return redirect(url, 302)  # type: ignore[return-value]
 
 
@@ -169,7 +168,7 @@ def status() -> Response:
     conn = _installed_connection(runtime, claims.shop)
     if conn is None:
         raise NotFoundError(f"{claims.shop} has not installed the app")
-    view = _shop_view(runtime, conn.id, now=now)
+    view = _shop_view(runtime, conn.id)
     rv = jsonify(
         shop=view.shop,
         status=view.status,
@@ -315,6 +314,8 @@ def fresh_access_token(
     finally:
         if own_admin:
             admin.close()
+    if refused is None:  # every path above either returned or set the reason
+        raise PlatformError(f"connection {connection_id}: token refresh failed")
     raise refused
 
 
@@ -439,7 +440,7 @@ class _ShopView:
     counts: list[tuple[str, int]]
 
 
-def _shop_view(runtime: Runtime, conn_id: str, *, now: datetime) -> _ShopView:
+def _shop_view(runtime: Runtime, conn_id: str) -> _ShopView:
     with runtime.sessions() as s:
         conn = queries.get_connection(s, conn_id)
         by_status = {
@@ -467,7 +468,7 @@ def _render_shop(
     runtime: Runtime, conn_id: str, *, embedded: bool, now: datetime
 ) -> Response:
     settings = runtime.settings
-    view = _shop_view(runtime, conn_id, now=now)
+    view = _shop_view(runtime, conn_id)
     link = urlencode(
         {
             "connection": view.id,
