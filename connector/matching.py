@@ -808,7 +808,12 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Meta's ``user_data`` object from raw values keyed by Meta's names.
 
     Hashed keys become lists of distinct lowercase SHA-256 digests in input order,
-    plain keys the first valid string; empty and invalid values are dropped.
+    plain keys the first valid string; empty and invalid values are dropped. Each
+    value is a string, a number (ids), None, or a list or tuple of those.
+
+    Raises:
+        ValueError: a key that is not one of Meta's ``user_data`` keys.
+        TypeError: a value of another type (a caller's bug, not a shopper's typo).
     """
     unknown = set(raw) - set(_NORMALIZERS)
     if unknown:
