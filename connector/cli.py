@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -104,12 +105,38 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
 
 @cli.command()
 @click.option("--drain", is_flag=True, help="Send everything that is due, then exit.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Events per request to Meta (default 1000, Meta's maximum).",
+)
+@click.option(
+    "--lease-seconds",
+    type=click.IntRange(1),
+    default=None,
+    help="How long claimed events stay with this worker before another may take them over.",
+)
 @click.pass_context
-def worker(ctx: click.Context, drain: bool) -> None:
+def worker(
+    ctx: click.Context,
+    drain: bool,
+    batch_size: int | None,
+    lease_seconds: int | None,
+) -> None:
     """Run the dispatcher: claim due events, send them to Meta, retry, dead-letter."""
     from connector import dispatcher
 
     runtime = _runtime(ctx)
+    overrides: dict[str, Any] = {}
+    if batch_size is not None:
+        overrides["batch_size"] = batch_size
+    if lease_seconds is not None:
+        overrides["lease_seconds"] = lease_seconds
+    if overrides:
+        runtime = dataclasses.replace(
+            runtime, settings=dataclasses.replace(runtime.settings, **overrides)
+        )
     rv = dispatcher.run_worker(runtime=runtime, drain=drain)
     if drain and rv is not None:
         click.echo(json.dumps(rv, sort_keys=True))
@@ -358,3 +385,7 @@ def _connection_or_fail(ctx: click.Context, connection_id: str) -> Connection:
             return queries.get_connection(session, connection_id)
         except ConnectorError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Meta Graph client for the Conversions API: request bodies, the POST, answers and errors.
+
+``build_request_body`` and ``parse_response`` are pure; ``GraphClient`` is the only part
+that touches the network, through one ``requests.Session`` per worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from connector import __version__
+from connector.config import Settings
+from connector.errors import GraphError
+
+#: Meta takes at most this many events in one request's ``data`` array
+MAX_EVENTS_PER_REQUEST = 1000
+#: names the integration in Meta's diagnostics (the ``partner_agent`` main-body parameter)
+PARTNER_AGENT = f"capi-connector-{__version__}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendResult:
+    """Meta accepted the request: how many events it counted, and its trace id."""
+
+    events_received: int
+    messages: tuple[str, ...] = ()
+    fbtrace_id: str | None = None
+
+
+def appsecret_proof(access_token: str, app_secret: str) -> str:
+    """HMAC-SHA256 of the token keyed by the app secret, as hex (Graph's ``appsecret_proof``)."""
+    return hmac.new(
+        app_secret.encode(), access_token.encode(), hashlib.sha256
+    ).hexdigest()
+
+
+def build_request_body(
+    events: Sequence[Mapping[str, Any]],
+    *,
+    access_token: str,
+    app_secret: str | None = None,
+    test_event_code: str | None = None,
+    partner_agent: str = PARTNER_AGENT,
+) -> dict[str, Any]:
+    """The JSON body of ``POST /{pixel}/events``; the token travels here, never in the URL.
+
+    Raises:
+        ValueError: no events, more than Meta takes in one request, or no token.
+    """
+    if not events:
+        raise ValueError("a Conversions API request needs at least one event")
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise ValueError(
+            f"Meta takes at most {MAX_EVENTS_PER_REQUEST} events per request, not {len(events)}"
+        )
+    if not access_token:
+        raise ValueError("a Conversions API request needs an access token")
+    body: dict[str, Any] = {
+        "data": list(events),
+        "access_token": access_token,
+        "partner_agent": partner_agent,
+    }
+    if app_secret:
+        body["appsecret_proof"] = appsecret_proof(access_token, app_secret)
+    if test_event_code:
+        body["test_event_code"] = test_event_code
+    return body
+
+
+def parse_response(status: int, body: bytes | str) -> SendResult | GraphError:
+    """Meta's answer as a result or an error; an unreadable answer is a transient error."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        # Proxies and load balancers answer in HTML; nothing says the events were refused.
+        return GraphError(
+            f"Meta answered HTTP {status} with a body that is not JSON",
+            is_transient=True,
+            http_status=status,
+        )
+    if isinstance(doc, dict) and isinstance(doc.get("error"), dict):
+        return _graph_error(status, doc["error"])
+    if 200 <= status < 300 and isinstance(doc, dict):
+        received = doc.get("events_received")
+        if isinstance(received, int) and not isinstance(received, bool):
+            messages = doc.get("messages") or []
+            return SendResult(
+                events_received=received,
+                messages=tuple(str(m) for m in messages)
+                if isinstance(messages, list)
+                else (str(messages),),
+                fbtrace_id=_str_or_none(doc.get("fbtrace_id")),
+            )
+    return GraphError(
+        f"Meta answered HTTP {status} without events_received or an error",
+        is_transient=True,
+        http_status=status,
+    )
+
+
+def _graph_error(status: int, err: Mapping[str, Any]) -> GraphError:
+    message = str(err.get("message") or f"Graph API error (HTTP {status})")
+    user_msg = err.get("error_user_msg")
+    if user_msg and str(user_msg) not in message:
+        # error_user_msg names the offending field; message alone is often "Invalid parameter".
+        message = f"{message}: {user_msg}"
+    return GraphError(
+        message,
+        code=_int_or_none(err.get("code")),
+        subcode=_int_or_none(err.get("error_subcode")),
+        type=_str_or_none(err.get("type")),
+        is_transient=err.get("is_transient") is True,
+        fbtrace_id=_str_or_none(err.get("fbtrace_id")),
+        http_status=status,
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+class GraphClient:
+    """Talks to Meta's Graph API; one per worker, reusing its connections."""
+
+    def __init__(
+        self, settings: Settings, http: requests.Session | None = None
+    ) -> None:
+        self.settings = settings
+        self.session = http if http is not None else requests.Session()
+        self.session.headers.setdefault("User-Agent", PARTNER_AGENT)
+        self.timeout = settings.http_timeout
+
+    @property
+    def graph_base(self) -> str:
+        """``{META_GRAPH_URL}/{META_API_VERSION}``: where every Graph path starts."""
+        return self.settings.graph_base
+
+    def events_url(self, pixel_id: str) -> str:
+        if not pixel_id.isdigit():
+            # The id becomes part of the URL path; anything but digits is a mistake.
+            raise ValueError("a pixel id is digits only")
+        return f"{self.graph_base}/{pixel_id}/events"
+
+    def send_events(
+        self,
+        pixel_id: str,
+        access_token: str,
+        events: Sequence[Mapping[str, Any]],
+        *,
+        test_event_code: str | None = None,
+    ) -> SendResult:
+        """POST events to the pixel; the answer, or GraphError.
+
+        Raises:
+            GraphError: Meta refused the request, or the network or the answer failed
+                (a timeout, a connection error and a non-JSON answer are transient).
+            ValueError: the request cannot be built (see ``build_request_body``).
+        """
+        body = build_request_body(
+            events,
+            access_token=access_token,
+            app_secret=self.settings.meta_app_secret,
+            test_event_code=test_event_code,
+        )
+        url = self.events_url(pixel_id)
+        payload = json.dumps(body, separators=(",", ":"))
+        try:
+            resp = self.session.post(
+                url,
+                data=payload,
+                headers={"Content-Type": "application/json"},
+                timeout=self.timeout,
+            )
+        except requests.Timeout as exc:
+            raise GraphError(
+                f"Meta did not answer within {self.timeout:g} s", is_transient=True
+            ) from exc
+        except requests.RequestException as exc:
+            raise GraphError(
+                f"could not reach Meta: {type(exc).__name__}", is_transient=True
+            ) from exc
+        rv = parse_response(resp.status_code, resp.content)
+        if isinstance(rv, GraphError):
+            raise rv
+        return rv
+
+    def close(self) -> None:
+        self.session.close()
