@@ -154,11 +154,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def gunicorn(app: str, env: dict[str, str], port: int, chdir: Path) -> Iterator[None]:
+def gunicorn(
+    app: str, env: dict[str, str], port: int, chdir: Path, threads: int
+) -> Iterator[None]:
     cmd = [
         str(BIN / "gunicorn"),
         "--workers",
         "2",
+        "--threads",
+        str(threads),
         "--bind",
         f"127.0.0.1:{port}",
         "--chdir",
@@ -263,6 +267,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="gunicorn threads per worker (1: the Procfile's sync workers)",
+    )
+    parser.add_argument(
         "--database-url",
         default=os.environ.get(
             "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1/test"
@@ -274,7 +284,7 @@ def main() -> None:
         run_cli(env, "db", "upgrade")
         run_cli(env, "connections", "add", "shopify", "--shop", SHOP)
         port = free_port()
-        with gunicorn("connector.web:create_app()", env, port, ROOT):
+        with gunicorn("connector.web:create_app()", env, port, ROOT, args.threads):
             # a short warm-up so both workers have their imports and pools ready
             warm = measure(port, 1.0, args.senders, 1)
             hook = measure(port, args.seconds, args.senders, 10_000_000)
@@ -282,12 +292,16 @@ def main() -> None:
         stored = purchases(url)
         bare_port = free_port()
         with gunicorn(
-            "ingest:create_bare_app()", env, bare_port, Path(__file__).parent
+            "ingest:create_bare_app()",
+            env,
+            bare_port,
+            Path(__file__).parent,
+            args.threads,
         ):
             measure(bare_port, 1.0, args.senders, 1)
             bare = measure(bare_port, args.seconds, args.senders, 1)
     print(
-        f"gunicorn 2 sync workers, {args.senders} concurrent senders, "
+        f"gunicorn 2 workers x {args.threads} thread(s), {args.senders} concurrent senders, "
         f"{args.seconds:.0f} s, one connection per request"
     )
     print(
