@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import click
@@ -16,10 +19,12 @@ from sqlalchemy import column, select, table, update
 from connector import __version__
 from connector.config import load_settings
 from connector.crypto import generate_key, keyring
-from connector.errors import ConnectorError
+from connector.errors import ConnectorError, GraphError
+from connector.events import PURCHASE, CanonicalEvent, CustomData, UserData
+from connector.retry import check_event_time
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Connection
+from connector.store.models import Connection, ConnectionStatus, Event, EventStatus
 
 log = logging.getLogger("connector")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -385,6 +390,269 @@ def _connection_or_fail(ctx: click.Context, connection_id: str) -> Connection:
             return queries.get_connection(session, connection_id)
         except ConnectorError as exc:
             raise click.ClickException(str(exc)) from exc
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@cli.group()
+def events() -> None:
+    """The outbox: inspect events and send dead or held ones again."""
+
+
+def _event_summary(e: Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "connection_id": e.connection_id,
+        "event_name": e.event_name,
+        "event_id": e.event_id,
+        "event_time": e.event_time.isoformat(),
+        "status": e.status,
+        "attempts": e.attempts,
+        "send_count": e.send_count,
+        "next_attempt_at": e.next_attempt_at.isoformat(),
+        "last_error": e.last_error,
+    }
+
+
+@events.command("list")
+@click.option(
+    "--status",
+    type=click.Choice([s.value for s in EventStatus]),
+    default=None,
+    help="Only rows in this state.",
+)
+@click.option(
+    "--connection", "connection_id", default=None, help="Only this connection."
+)
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def events_list(
+    ctx: click.Context,
+    status: str | None,
+    connection_id: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List outbox rows, newest first."""
+    stmt = select(Event).order_by(Event.id.desc()).limit(limit)
+    if status is not None:
+        stmt = stmt.where(Event.status == status)
+    if connection_id is not None:
+        stmt = stmt.where(Event.connection_id == connection_id)
+    with _runtime(ctx).sessions() as session:
+        rows = [_event_summary(e) for e in session.scalars(stmt)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        error = f"  {_one_line(r['last_error'], 80)}" if r["last_error"] else ""
+        click.echo(
+            f"{r['id']:>8}  {r['connection_id']}  {r['event_name']:<16} {r['event_id']:<24} "
+            f"{r['status']:<8} attempts={r['attempts']} sends={r['send_count']}{error}"
+        )
+    if not rows:
+        click.echo("no events", err=True)
+
+
+@events.command("show")
+@click.argument("event_row_id", metavar="ID", type=int)
+@click.pass_context
+def events_show(ctx: click.Context, event_row_id: int) -> None:
+    """Show one row: its state, Meta's answer, the payload sent and the last error."""
+    with _runtime(ctx).sessions() as session:
+        e = session.get(Event, event_row_id)
+        if e is None:
+            raise click.ClickException(f"no event {event_row_id}")
+        doc = _event_summary(e)
+        doc.update(
+            events_received=e.events_received,
+            fbtrace_id=e.fbtrace_id,
+            sent_at=e.sent_at.isoformat() if e.sent_at else None,
+            lease_owner=e.lease_owner,
+            lease_expires_at=e.lease_expires_at.isoformat()
+            if e.lease_expires_at
+            else None,
+            created_at=e.created_at.isoformat(),
+            payload=e.payload,
+        )
+    click.echo(json.dumps(doc, indent=2, sort_keys=True))
+
+
+@events.command("replay")
+@click.argument("ids", nargs=-1, type=int, metavar="[ID]...")
+@click.option(
+    "--dead", is_flag=True, help="Every dead row (of --connection, if given)."
+)
+@click.option(
+    "--held", is_flag=True, help="Every held row (of --connection, if given)."
+)
+@click.option(
+    "--connection", "connection_id", default=None, help="Only this connection."
+)
+@click.pass_context
+def events_replay(
+    ctx: click.Context,
+    ids: tuple[int, ...],
+    dead: bool,
+    held: bool,
+    connection_id: str | None,
+) -> None:
+    """Put dead or held rows back to pending, attempts reset; rows too old for Meta stay put."""
+    if not (ids or dead or held):
+        raise click.UsageError("name event ids, or pass --dead and/or --held")
+    statuses = [EventStatus.DEAD, EventStatus.HELD]
+    stmt = select(Event.id, Event.status, Event.event_time, Event.connection_id)
+    if ids:
+        stmt = stmt.where(Event.id.in_(ids))
+    else:
+        statuses = [
+            s for s, on in ((EventStatus.DEAD, dead), (EventStatus.HELD, held)) if on
+        ]
+    stmt = stmt.where(Event.status.in_(statuses))
+    if connection_id is not None:
+        stmt = stmt.where(Event.connection_id == connection_id)
+    now = datetime.now(UTC)
+    runtime = _runtime(ctx)
+    with runtime.sessions.begin() as session:
+        rows = session.execute(stmt).all()
+        if ids:
+            found = {r.id for r in rows}
+            for missing in sorted(set(ids) - found):
+                click.echo(
+                    f"event {missing}: not found, or neither dead nor held", err=True
+                )
+        too_old = [r for r in rows if check_event_time(r.event_time, now) is not None]
+        replay = [r.id for r in rows if check_event_time(r.event_time, now) is None]
+        for start in range(0, len(replay), 1000):
+            session.execute(
+                update(Event)
+                .where(Event.id.in_(replay[start : start + 1000]))
+                .where(Event.status.in_(statuses))
+                .values(
+                    status=EventStatus.PENDING,
+                    attempts=0,
+                    next_attempt_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    last_error=None,
+                )
+            )
+        blocked = {
+            c.id: c.status
+            for c in session.scalars(
+                select(Connection).where(
+                    Connection.id.in_({r.connection_id for r in rows}),
+                    Connection.status != ConnectionStatus.ACTIVE,
+                )
+            )
+        }
+    for r in too_old:
+        click.echo(
+            f"event {r.id}: event_time {r.event_time.isoformat()} is outside Meta's 7-day "
+            "window; not replayed",
+            err=True,
+        )
+    for conn_id, status in sorted(blocked.items()):
+        click.echo(
+            f"connection {conn_id} is {status}: its events will be held again until it is "
+            "reconnected",
+            err=True,
+        )
+    click.echo(f"{len(replay)} event(s) back to pending")
+
+
+def _one_line(text: str, limit: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# -- test events --------------------------------------------------------------------------
+
+
+@cli.command("send-test-event")
+@click.option(
+    "--connection", "connection_id", required=True, help="The connection's id."
+)
+@click.option(
+    "--event-name",
+    default=PURCHASE,
+    show_default=True,
+    help="Meta's standard event name to send.",
+)
+@click.pass_context
+def send_test_event(ctx: click.Context, connection_id: str, event_name: str) -> None:
+    """Send one test event with the connection's test_event_code and print Meta's answer."""
+    from connector.capi import GraphClient
+
+    conn = _connection_or_fail(ctx, connection_id)
+    if not conn.test_event_code:
+        raise click.ClickException(
+            "this connection has no test_event_code: Meta would count the event as real; "
+            "set one with `connector connections add ... --test-event-code CODE`"
+        )
+    if not conn.pixel_id or not conn.meta_token:
+        raise click.ClickException("this connection has no Meta pixel and token yet")
+    now = datetime.now(UTC)
+    event = build_test_event(conn.id, conn.store, event_name, now)
+    settings = _runtime(ctx).settings
+    client = GraphClient(settings)
+    try:
+        result = client.send_events(
+            conn.pixel_id,
+            conn.meta_token,
+            [event],
+            test_event_code=conn.test_event_code,
+        )
+    except GraphError as exc:
+        answer = {
+            "error": str(exc),
+            "code": exc.code,
+            "error_subcode": exc.subcode,
+            "type": exc.type,
+            "is_transient": exc.is_transient,
+            "fbtrace_id": exc.fbtrace_id,
+        }
+        click.echo(json.dumps(answer, indent=2))
+        raise click.ClickException("Meta refused the test event") from exc
+    finally:
+        client.close()
+    click.echo(
+        json.dumps(
+            {
+                "events_received": result.events_received,
+                "messages": list(result.messages),
+                "fbtrace_id": result.fbtrace_id,
+                "event_id": event["event_id"],
+                "test_event_code": conn.test_event_code,
+            },
+            indent=2,
+        )
+    )
+
+
+def build_test_event(
+    conn_id: str, store: str, event_name: str, now: datetime
+) -> dict[str, Any]:
+    """A complete website event that identifies no shopper: only a hashed connector id."""
+    url = store if store.startswith(("http://", "https://")) else f"https://{store}"
+    external_id = hashlib.sha256(f"connector-test-{conn_id}".encode()).hexdigest()
+    event = CanonicalEvent(
+        event_name=event_name,
+        event_id=f"test-{conn_id}-{int(now.timestamp())}",
+        event_time=now,
+        action_source="website",
+        event_source_url=url,
+        user_data=UserData(
+            external_id=(external_id,),
+            client_user_agent=f"capi-connector/{__version__} (test event)",
+        ),
+        custom_data=CustomData(value=Decimal("1.00"), currency="USD")
+        if event_name == PURCHASE
+        else CustomData(),
+    )
+    return event.to_meta()
 
 
 if __name__ == "__main__":
