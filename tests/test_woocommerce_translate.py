@@ -325,3 +325,12 @@ def test_any_json_translates_or_raises_payload_error(topic: str, payload: Any) -
     for event in outcome.events:
         assert event.to_meta()["event_id"]
     assert len(delivery_key(payload)) <= 255
+
+
+def test_absurdly_nested_bodies_are_a_payload_error() -> None:
+    """A body nested past any order's depth gets PayloadError, not a RecursionError."""
+    payload: Any = {"id": 1}
+    for _ in range(5000):
+        payload = {"a": payload}
+    with pytest.raises(PayloadError):
+        delivery_key(payload)

@@ -105,12 +105,12 @@ class WooCommerceAdapter:
 
     def periodic_jobs(self) -> Sequence[PeriodicJob]:
         """Finish webhook setup for stores whose first attempt failed; re-check daily."""
-        from adapters.woocommerce import connect
+        from adapters.woocommerce.connect import periodic_jobs
 
-        return connect.periodic_jobs()
+        return periodic_jobs()
 
     def blueprint(self) -> Any:
         """``/woocommerce/connect``, ``/woocommerce/callback`` and the return page."""
-        from adapters.woocommerce import connect
+        from adapters.woocommerce.connect import bp
 
-        return connect.bp
+        return bp

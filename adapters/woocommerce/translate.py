@@ -193,10 +193,18 @@ def action_source_for(
 def delivery_key(payload: Any) -> str:
     """Identical content gives the same key, so a redelivery is a no-op.
 
+    Raises:
+        PayloadError: the body cannot be serialized again (absurd nesting).
+
     WooCommerce's own delivery id is a hash of the webhook id and the second, so two real
     deliveries can share it and a redelivery never does; the order's state is what counts.
     """
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    try:
+        canonical = json.dumps(
+            payload, sort_keys=True, separators=(",", ":"), default=str
+        )
+    except (RecursionError, ValueError) as exc:
+        raise PayloadError("the body nests too deeply to be an order") from exc
     digest = hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()[:32]
     if not isinstance(payload, Mapping):
         return f"body:{digest}"
