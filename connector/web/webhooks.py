@@ -36,6 +36,10 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError("the body is not valid JSON") from exc
+    except (
+        RecursionError
+    ) as exc:  # thousands of nested brackets: no platform sends that
+        raise PayloadError("the body is nested too deeply") from exc
 
 
 @bp.post("/webhooks/<platform>")
