@@ -372,10 +372,6 @@ def test_refused_deliveries_store_nothing(
     assert ([], []) == (events(runtime), receipts(runtime))
 
 
-@pytest.mark.xfail(
-    reason="connector.web.webhooks.parse_json lets json's RecursionError through (a 500)",
-    strict=True,
-)
 def test_deeply_nested_json_is_a_400(
     deliver: Deliver, runtime: Runtime, shop: str
 ) -> None:
