@@ -598,3 +598,19 @@ def test_revoked_token_holds_events_until_a_reconnect_sends_each_once(
     run_worker(runtime=runtime, drain=True)
     assert {EventStatus.SENT} == {s for s, _ in statuses(runtime, conn_id).values()}
     assert sorted(ids) == sorted(graph.event_ids())
+
+
+def test_a_code_meta_refuses_to_exchange_shows_metas_reason_and_stores_nothing(
+    browser: Browser, runtime: Runtime, fake: FakeMeta
+) -> None:
+    """When Meta refuses the code exchange, the page carries Meta's message and nothing is stored."""
+    conn_id = add_connection(runtime)
+    path = browser.dialog(browser.start(conn_id))
+    fake.app_secret = (
+        "rotated-at-meta"  # the app secret was reset in the Meta app dashboard
+    )
+    rv = browser.get(path)
+    assert 502 == rv.status_code
+    assert "Error validating client secret." in text_of(rv)
+    conn = load(runtime, conn_id)
+    assert (None, None) == (conn.meta_token, conn.pixel_id)
