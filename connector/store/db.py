@@ -24,7 +24,9 @@ def make_engine(database_url: str, **kwargs: Any) -> Engine:
         # pysqlite's own transaction handling defers BEGIN; take it over so BEGIN IMMEDIATE works.
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip on every webhook. A connection PostgreSQL dropped fails
+    # one request, SQLAlchemy then empties the pool, and the platform retries the delivery.
+    kwargs.setdefault("pool_recycle", 1800)
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)

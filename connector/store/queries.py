@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import delete, func, or_, select, update
@@ -63,6 +64,27 @@ def _insert(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"unsupported database {dialect}")
 
 
+@cache
+def _delivery_statements(dialect: str) -> tuple[Any, Any]:
+    """The two INSERTs of the webhook hot path, built once so they compile once."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    receipts = WebhookReceipt.__table__
+    outbox = Event.__table__
+    add_receipt = (
+        insert(receipts)
+        .on_conflict_do_nothing(index_elements=["connection_id", "delivery_id"])
+        .returning(receipts.c.id)
+    )
+    add_events = (
+        insert(outbox)
+        .on_conflict_do_nothing(
+            index_elements=["connection_id", "event_name", "event_id"]
+        )
+        .returning(outbox.c.event_name, outbox.c.event_id)
+    )
+    return add_receipt, add_events
+
+
 def record_delivery(
     session: Session,
     receipt: ReceiptIn,
@@ -72,53 +94,59 @@ def record_delivery(
 ) -> Accepted:
     """Record a receipt and its events in the caller's transaction; report what was new."""
     now = now or utcnow()
-    stmt = (
-        _insert(session, WebhookReceipt)
-        .values(
-            platform=receipt.platform,
-            connection_id=receipt.connection_id,
-            delivery_id=receipt.delivery_id,
-            topic=receipt.topic,
-            event_ref=receipt.event_ref,
-            api_version=receipt.api_version,
-            triggered_at=receipt.triggered_at,
-            received_at=now,
-            outcome=receipt.outcome,
-            detail=receipt.detail,
-            order_ref=receipt.order_ref,
-            customer_ref=receipt.customer_ref,
-        )
-        .on_conflict_do_nothing(index_elements=["connection_id", "delivery_id"])
-        .returning(WebhookReceipt.id)
-    )
-    receipt_row = session.execute(stmt).first()
+    # Core statements on the tables, built once: this is the webhook hot path.
+    add_receipt, add_events = _delivery_statements(session.get_bind().dialect.name)
+    receipt_row = session.execute(
+        add_receipt,
+        {
+            "platform": receipt.platform,
+            "connection_id": receipt.connection_id,
+            "delivery_id": receipt.delivery_id,
+            "topic": receipt.topic,
+            "event_ref": receipt.event_ref,
+            "api_version": receipt.api_version,
+            "triggered_at": receipt.triggered_at,
+            "received_at": now,
+            "outcome": receipt.outcome,
+            "detail": receipt.detail,
+            "order_ref": receipt.order_ref,
+            "customer_ref": receipt.customer_ref,
+        },
+    ).first()
     if receipt_row is None:
         return Accepted(duplicate_delivery=True)
-    new: list[tuple[str, str]] = []
-    for ev in events:
-        row = session.execute(
-            _insert(session, Event)
-            .values(
-                connection_id=receipt.connection_id,
-                event_name=ev.event_name,
-                event_id=ev.event_id,
-                event_time=ev.event_time,
-                payload=ev.to_meta(),
-                status=EventStatus.PENDING,
-                attempts=0,
-                send_count=0,
-                next_attempt_at=now,
-                created_at=now,
-                order_ref=ev.order_ref,
-                customer_ref=ev.customer_ref,
-            )
-            .on_conflict_do_nothing(
-                index_elements=["connection_id", "event_name", "event_id"]
-            )
-            .returning(Event.id)
-        ).first()
-        if row is not None:
-            new.append((ev.event_name, ev.event_id))
+    if not events:
+        return Accepted(duplicate_delivery=False, receipt_id=int(receipt_row[0]))
+    rows = [
+        {
+            "connection_id": receipt.connection_id,
+            "event_name": ev.event_name,
+            "event_id": ev.event_id,
+            "event_time": ev.event_time,
+            "payload": ev.to_meta(),
+            "status": EventStatus.PENDING.value,
+            "attempts": 0,
+            "send_count": 0,
+            "next_attempt_at": now,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "last_error": None,
+            "events_received": None,
+            "fbtrace_id": None,
+            "sent_at": None,
+            "created_at": now,
+            "order_ref": ev.order_ref,
+            "customer_ref": ev.customer_ref,
+        }
+        for ev in events
+    ]
+    inserted = session.execute(add_events, rows).all()
+    added = {(name, event_id) for name, event_id in inserted}
+    new = [
+        (ev.event_name, ev.event_id)
+        for ev in events
+        if (ev.event_name, ev.event_id) in added
+    ]
     return Accepted(
         duplicate_delivery=False, receipt_id=int(receipt_row[0]), new_events=new
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, load_only
+from sqlalchemy.orm import Session
 
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
 from connector.platform import (
@@ -140,50 +141,63 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """The few columns of a connection the webhook path reads."""
+
+    id: str
+    platform: str
+    store: str
+    status: str
+    settings: dict[str, Any] | None
+    test_event_code: str | None
+    webhook_secret: str | None
+
+
 def _find_connection(
     session: Session, platform: str, connection_id: str | None, store: str | None
-) -> Connection | None:
-    # Only what the webhook path needs: the other secrets are not decrypted on every request.
-    stmt = select(Connection).options(
-        load_only(
-            Connection.id,
-            Connection.platform,
-            Connection.store,
-            Connection.status,
-            Connection.settings,
-            Connection.test_event_code,
-            Connection.webhook_secret,
-        )
+) -> _Target | None:
+    # A plain column select: the other secrets are not decrypted on every request.
+    c = Connection.__table__.c
+    stmt = select(
+        c.id,
+        c.platform,
+        c.store,
+        c.status,
+        c.settings,
+        c.test_event_code,
+        c.webhook_secret,
     )
     if connection_id is not None:
-        stmt = stmt.where(
-            Connection.id == connection_id, Connection.platform == platform
-        )
+        stmt = stmt.where(c.id == connection_id, c.platform == platform)
     elif store:
-        stmt = stmt.where(Connection.platform == platform, Connection.store == store)
+        stmt = stmt.where(c.platform == platform, c.store == store)
     else:
         return None
-    return session.scalars(stmt).one_or_none()
+    row = session.execute(stmt).first()
+    return None if row is None else _Target(*row)
 
 
 def _apply_action(
     session: Session,
-    conn: Connection,
+    target: _Target,
     action: Action,
     receipt_id: int | None,
     now: datetime,
 ) -> None:
     if isinstance(action, Uninstalled):
-        queries.mark_uninstalled(session, conn, now=now)
+        conn = session.get(Connection, target.id)
+        if conn is not None:
+            queries.mark_uninstalled(session, conn, now=now)
     elif isinstance(action, RedactCustomer):
         queries.redact_customer(
-            session, conn.id, action.customer_ref, action.order_refs
+            session, target.id, action.customer_ref, action.order_refs
         )
     elif isinstance(action, RedactStore):
-        queries.redact_store(session, conn.id)
+        queries.redact_store(session, target.id)
     elif isinstance(action, DataRequest):
         report = queries.customer_report(
-            session, conn.id, action.customer_ref, action.order_refs
+            session, target.id, action.customer_ref, action.order_refs
         )
         session.execute(
             update(WebhookReceipt)
