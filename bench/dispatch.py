@@ -1,0 +1,242 @@
+"""Dispatch throughput: one worker drains a 50,000-row backlog to the fake Graph API.
+
+Creates a scratch PostgreSQL schema, inserts the backlog, serves the fake Graph API from a
+separate process on loopback, runs ``connector worker --drain`` as its own process, then prints
+events per second and the worker's peak RSS, and drops the schema.
+
+    .venv/bin/python bench/dispatch.py [--events 50000] [--database-url postgresql://...]
+
+Target on a 2-core machine: at least 5,000 events/s and under 150 MB peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from cryptography.fernet import Fernet  # noqa: E402
+from sqlalchemy import create_engine, func, insert, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from connector import migrate  # noqa: E402
+from connector.config import Settings, normalize_database_url  # noqa: E402
+from connector.runtime import Runtime  # noqa: E402
+from connector.store import queries  # noqa: E402
+from connector.store.models import Event, EventStatus  # noqa: E402
+
+PIXEL = "1234567890"
+
+
+def serve_fake(port_queue: Any, token: str) -> None:
+    """The fake Graph API, in its own process so it does not share the worker's CPU budget."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    from tests.fakes.graph import FakeGraph, make_app
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = make_server(
+        "127.0.0.1", 0, make_app(FakeGraph(tokens={token})), threaded=True
+    )
+    port_queue.put(server.server_port)
+    server.serve_forever()
+
+
+class PeakRss(threading.Thread):
+    """Follow a process's VmHWM (its own peak RSS) until it exits.
+
+    ``wait4``'s ru_maxrss would include the benchmark's own memory, which the child shares
+    between fork and exec; VmHWM belongs to the exec'd worker alone.
+    """
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.path = Path(f"/proc/{pid}/status")
+        self.mib = 0.0
+
+    def run(self) -> None:
+        while True:
+            try:
+                status = self.path.read_text()
+            except OSError:
+                return
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.mib = max(self.mib, int(line.split()[1]) / 1024)
+                if line.startswith("State:") and "Z" in line:
+                    return
+            time.sleep(0.02)
+
+
+def event_payload(event_id: str, when: datetime) -> dict[str, Any]:
+    digest = hashlib.sha256(f"{event_id}@example.com".encode()).hexdigest()
+    return {
+        "event_name": "Purchase",
+        "event_time": int(when.timestamp()),
+        "event_id": event_id,
+        "action_source": "website",
+        "event_source_url": "https://shop.example/checkouts/thank_you",
+        "user_data": {
+            "em": [digest],
+            "client_ip_address": "203.0.113.7",
+            "client_user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
+        },
+        "custom_data": {"value": 42.5, "currency": "EUR", "order_id": event_id},
+    }
+
+
+def seed(runtime: Runtime, n: int, token: str) -> None:
+    now = datetime.now(UTC)
+    when = now - timedelta(minutes=10)
+    with runtime.sessions.begin() as session:
+        conn = queries.upsert_connection(
+            session, "shopify", "bench.myshopify.com", pixel_id=PIXEL, meta_token=token
+        )
+        conn_id = conn.id
+    rows = [
+        {
+            "connection_id": conn_id,
+            "event_name": "Purchase",
+            "event_id": f"order-{i}",
+            "event_time": when,
+            "payload": event_payload(f"order-{i}", when),
+            "status": EventStatus.PENDING,
+            "attempts": 0,
+            "send_count": 0,
+            "next_attempt_at": now - timedelta(seconds=1),
+            "created_at": now,
+        }
+        for i in range(n)
+    ]
+    for start in range(0, n, 5000):
+        with runtime.sessions.begin() as session:
+            session.execute(insert(Event), rows[start : start + 5000])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1/test"
+        ),
+    )
+    args = parser.parse_args()
+
+    base = normalize_database_url(args.database_url)
+    if not base.startswith("postgresql"):
+        sys.exit(
+            "this benchmark measures PostgreSQL; pass --database-url postgresql://..."
+        )
+    schema = f"bench_{secrets.token_hex(4)}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = (
+        make_url(base)
+        .update_query_dict({"options": f"-csearch_path={schema}"})
+        .render_as_string(hide_password=False)
+    )
+    key = Fernet.generate_key().decode()
+    token = secrets.token_urlsafe(24)
+    fake = None
+    try:
+        migrate.upgrade(url)
+        runtime = Runtime.from_settings(
+            Settings(
+                env="test",
+                database_url=url,
+                encryption_keys=(key,),
+                secret_key=secrets.token_hex(16),
+            )
+        )
+        t = time.perf_counter()
+        seed(runtime, args.events, token)
+        print(
+            f"backlog: {args.events} pending events inserted in {time.perf_counter() - t:.1f} s"
+        )
+
+        ctx = mp.get_context("spawn")
+        ports = ctx.Queue()
+        fake = ctx.Process(target=serve_fake, args=(ports, token), daemon=True)
+        fake.start()
+        graph_url = f"http://127.0.0.1:{ports.get(timeout=30)}"
+
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("META_", "CONNECTOR_"))
+        }
+        env.update(
+            DATABASE_URL=url,
+            CONNECTOR_ENCRYPTION_KEYS=key,
+            SECRET_KEY=secrets.token_hex(16),
+            CONNECTOR_ENV="test",
+            META_GRAPH_URL=graph_url,
+        )
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "worker", "--drain"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        peak = PeakRss(proc.pid)
+        peak.start()
+        out = proc.stdout.read()
+        rc = proc.wait()
+        wall = time.perf_counter() - started
+        peak.join()
+        if rc != 0:
+            sys.exit(f"worker exited with {rc}")
+        summary = json.loads(out.decode().strip().splitlines()[-1])
+        with runtime.sessions() as session:
+            sent = session.scalar(
+                select(func.count()).where(Event.status == EventStatus.SENT)
+            )
+        runtime.close()
+        peak_mb = peak.mib
+        print(f"sent: {sent} of {args.events} ({summary['requests']} requests)")
+        print(
+            f"worker loop: {summary['seconds']:.2f} s, {summary['events_per_second']:.0f} events/s"
+        )
+        print(
+            f"process wall time (start-up included): {wall:.2f} s, "
+            f"{args.events / wall:.0f} events/s"
+        )
+        print(f"worker peak RSS: {peak_mb:.1f} MB")
+        ok = (
+            sent == args.events
+            and summary["events_per_second"] >= 5000
+            and peak_mb < 150
+        )
+        print("target (>= 5,000 events/s, < 150 MB):", "met" if ok else "NOT met")
+    finally:
+        if fake is not None:
+            fake.terminate()
+            fake.join(timeout=5)
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
