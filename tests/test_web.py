@@ -65,9 +65,9 @@ def test_admin_page_is_closed_without_a_password(client: Any, runtime: Runtime) 
     assert 404 == rv.status_code
 
 
-def test_admin_page_with_password(make_settings: Callable[..., Settings]) -> None:
+def test_admin_page_with_password(make_app: Callable[..., Any]) -> None:
     """With ADMIN_PASSWORD, Basic auth opens the page and a wrong password does not."""
-    app = create_app(runtime=Runtime.from_settings(make_settings(admin_password="pw")))
+    app = make_app(admin_password="pw")
     client = app.test_client()
     assert 401 == client.get("/admin", auth=("admin", "nope")).status_code
     rv = client.get("/admin", auth=("admin", "pw"))

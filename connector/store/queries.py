@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import Table, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -64,12 +66,18 @@ def _insert(session: Session, table: Any) -> Any:
     raise NotImplementedError(f"unsupported database {dialect}")
 
 
+def _dialect(db: Session | DBConnection) -> str:
+    return (
+        db.dialect.name if isinstance(db, DBConnection) else db.get_bind().dialect.name
+    )
+
+
 @cache
 def _delivery_statements(dialect: str) -> tuple[Any, Any]:
     """The two INSERTs of the webhook hot path, built once so they compile once."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    receipts = WebhookReceipt.__table__
-    outbox = Event.__table__
+    receipts = cast(Table, WebhookReceipt.__table__)
+    outbox = cast(Table, Event.__table__)
     add_receipt = (
         insert(receipts)
         .on_conflict_do_nothing(index_elements=["connection_id", "delivery_id"])
@@ -85,17 +93,102 @@ def _delivery_statements(dialect: str) -> tuple[Any, Any]:
     return add_receipt, add_events
 
 
+# PostgreSQL records a delivery in ONE statement: the receipt, and the events only if the receipt
+# is new. A single statement is atomic even in autocommit, so the webhook path needs one round
+# trip to write instead of BEGIN, two INSERTs and COMMIT.
+_RECORD_DELIVERY_PG = text(
+    """
+    WITH r AS (
+        INSERT INTO webhook_receipts (platform, connection_id, delivery_id, topic, event_ref,
+            api_version, triggered_at, received_at, outcome, detail, order_ref, customer_ref)
+        VALUES (:platform, :connection_id, :delivery_id, :topic, :event_ref,
+            :api_version, :triggered_at, :received_at, :outcome, :detail, :order_ref, :customer_ref)
+        ON CONFLICT (connection_id, delivery_id) DO NOTHING
+        RETURNING id
+    ), e AS (
+        INSERT INTO events (connection_id, event_name, event_id, event_time, payload, status,
+            attempts, send_count, next_attempt_at, created_at, order_ref, customer_ref)
+        SELECT :connection_id, x.event_name, x.event_id, x.event_time, x.payload, 'pending',
+            0, 0, :received_at, :received_at, x.order_ref, x.customer_ref
+        FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS x(event_name text, event_id text,
+            event_time timestamptz, payload json, order_ref text, customer_ref text)
+        WHERE EXISTS (SELECT 1 FROM r)
+        ON CONFLICT (connection_id, event_name, event_id) DO NOTHING
+        RETURNING event_name, event_id
+    )
+    SELECT (SELECT id FROM r), e.event_name, e.event_id FROM (SELECT 1) AS one LEFT JOIN e ON true
+    """
+)
+
+
+def _record_delivery_pg(
+    db: Session | DBConnection,
+    receipt: ReceiptIn,
+    events: Sequence[CanonicalEvent],
+    now: datetime,
+) -> Accepted:
+    rows = db.execute(
+        _RECORD_DELIVERY_PG,
+        {
+            "platform": receipt.platform,
+            "connection_id": receipt.connection_id,
+            "delivery_id": receipt.delivery_id,
+            "topic": receipt.topic,
+            "event_ref": receipt.event_ref,
+            "api_version": receipt.api_version,
+            "triggered_at": receipt.triggered_at,
+            "received_at": now,
+            "outcome": receipt.outcome,
+            "detail": receipt.detail,
+            "order_ref": receipt.order_ref,
+            "customer_ref": receipt.customer_ref,
+            "events": json.dumps(
+                [
+                    {
+                        "event_name": ev.event_name,
+                        "event_id": ev.event_id,
+                        "event_time": ev.event_time.isoformat(),
+                        "payload": ev.to_meta(),
+                        "order_ref": ev.order_ref,
+                        "customer_ref": ev.customer_ref,
+                    }
+                    for ev in events
+                ]
+            ),
+        },
+    ).all()
+    receipt_id = rows[0][0] if rows else None
+    if receipt_id is None:
+        return Accepted(duplicate_delivery=True)
+    added = {(name, event_id) for _, name, event_id in rows if name is not None}
+    new = [
+        (ev.event_name, ev.event_id)
+        for ev in events
+        if (ev.event_name, ev.event_id) in added
+    ]
+    return Accepted(
+        duplicate_delivery=False, receipt_id=int(receipt_id), new_events=new
+    )
+
+
 def record_delivery(
-    session: Session,
+    session: Session | DBConnection,
     receipt: ReceiptIn,
     events: Sequence[CanonicalEvent],
     *,
     now: datetime | None = None,
 ) -> Accepted:
-    """Record a receipt and its events in the caller's transaction; report what was new."""
+    """Record a receipt and its events atomically; report what was new.
+
+    Within the caller's transaction when there is one; on PostgreSQL it is a single statement,
+    so it is atomic on an autocommit connection too.
+    """
     now = now or utcnow()
+    dialect = _dialect(session)
+    if dialect == "postgresql":
+        return _record_delivery_pg(session, receipt, events, now)
     # Core statements on the tables, built once: this is the webhook hot path.
-    add_receipt, add_events = _delivery_statements(session.get_bind().dialect.name)
+    add_receipt, add_events = _delivery_statements(dialect)
     receipt_row = session.execute(
         add_receipt,
         {

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import select, update
+from sqlalchemy import Connection as DBConnection
+from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
@@ -58,13 +61,12 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
         return jsonify(status="pong"), 200
     envelope = adapter.envelope(req)
     now = utcnow()
-    with runtime.sessions.begin() as session:
-        conn = _find_connection(session, platform, connection_id, envelope.store)
-        known = conn is not None and (
-            conn.status != ConnectionStatus.UNINSTALLED
-            or adapter.accepts_unknown_store(envelope.topic)
-        )
-        if conn is None or not known:
+    with _connect(runtime.engine) as db:
+        target = _find_connection(db, platform, connection_id, envelope.store)
+        if target is None or (
+            target.status == ConnectionStatus.UNINSTALLED
+            and not adapter.accepts_unknown_store(envelope.topic)
+        ):
             if adapter.accepts_unknown_store(envelope.topic):
                 log.info(
                     "webhook %s %s for unknown store acknowledged",
@@ -79,23 +81,25 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
             )
             raise UnknownConnectionError("no connection for this store")
         secrets = (
-            [conn.webhook_secret.encode()]
-            if conn.webhook_secret
+            [target.webhook_secret.encode()]
+            if target.webhook_secret
             else list(adapter.webhook_secrets(runtime.settings))
         )
         try:
             adapter.verify(req, secrets)
         except SignatureError:
-            log.info("webhook %s rejected for %s: bad signature", platform, conn.store)
+            log.info(
+                "webhook %s rejected for %s: bad signature", platform, target.store
+            )
             raise
         payload = parse_json(req.body)
+        settings = dict(target.settings or {})
         info = ConnectionInfo(
-            id=conn.id,
-            platform=conn.platform,
-            store=conn.store,
-            settings=dict(conn.settings or {}),
-            test_mode=bool(conn.test_event_code)
-            or bool((conn.settings or {}).get("test_mode")),
+            id=target.id,
+            platform=target.platform,
+            store=target.store,
+            settings=settings,
+            test_mode=bool(target.test_event_code) or bool(settings.get("test_mode")),
         )
         outcome = adapter.handle(envelope.topic, payload, info, now)
         outcome_name = (
@@ -103,26 +107,29 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
             if outcome.events
             else ("action" if outcome.action else "skipped")
         )
-        accepted = queries.record_delivery(
-            session,
-            queries.ReceiptIn(
-                platform=platform,
-                connection_id=conn.id,
-                delivery_id=adapter.delivery_id(envelope, payload),
-                topic=envelope.topic,
-                event_ref=envelope.event_ref,
-                api_version=envelope.api_version,
-                triggered_at=envelope.triggered_at,
-                outcome=outcome_name,
-                detail=outcome.skipped,
-                order_ref=outcome.order_ref,
-                customer_ref=outcome.customer_ref,
-            ),
-            outcome.events,
-            now=now,
+        receipt = queries.ReceiptIn(
+            platform=platform,
+            connection_id=target.id,
+            delivery_id=adapter.delivery_id(envelope, payload),
+            topic=envelope.topic,
+            event_ref=envelope.event_ref,
+            api_version=envelope.api_version,
+            triggered_at=envelope.triggered_at,
+            outcome=outcome_name,
+            detail=outcome.skipped,
+            order_ref=outcome.order_ref,
+            customer_ref=outcome.customer_ref,
         )
-        if not accepted.duplicate_delivery and outcome.action is not None:
-            _apply_action(session, conn, outcome.action, accepted.receipt_id, now)
+        if outcome.action is None:
+            accepted = queries.record_delivery(db, receipt, outcome.events, now=now)
+    if outcome.action is not None:
+        # Lifecycle topics are rare and touch several tables: a transaction of their own.
+        with runtime.sessions.begin() as session:
+            accepted = queries.record_delivery(
+                session, receipt, outcome.events, now=now
+            )
+            if not accepted.duplicate_delivery:
+                _apply_action(session, target, outcome.action, accepted.receipt_id, now)
     log.info(
         "webhook %s %s for %s: %s, %d new event(s)%s",
         platform,
@@ -141,6 +148,22 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
     )
 
 
+@contextmanager
+def _connect(engine: Engine) -> Iterator[DBConnection]:
+    """The webhook path's connection.
+
+    PostgreSQL: autocommit, because the path is one read and one atomic write statement, so
+    BEGIN and COMMIT would only add round trips. SQLite: one transaction, which serializes
+    writers there anyway.
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+    else:
+        with engine.begin() as conn:
+            yield conn
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     """The few columns of a connection the webhook path reads."""
@@ -155,7 +178,7 @@ class _Target:
 
 
 def _find_connection(
-    session: Session, platform: str, connection_id: str | None, store: str | None
+    db: DBConnection, platform: str, connection_id: str | None, store: str | None
 ) -> _Target | None:
     # A plain column select: the other secrets are not decrypted on every request.
     c = Connection.__table__.c
@@ -174,7 +197,7 @@ def _find_connection(
         stmt = stmt.where(c.platform == platform, c.store == store)
     else:
         return None
-    row = session.execute(stmt).first()
+    row = db.execute(stmt).first()
     return None if row is None else _Target(*row)
 
 
