@@ -17,14 +17,23 @@ def test_healthz_answers_ok(client: Any) -> None:
     assert {"status": "ok"} == rv.get_json()
 
 
-def test_healthz_reports_a_dead_database(
-    make_settings: Callable[..., Settings],
-) -> None:
+@pytest.fixture
+def make_app(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
+    """Apps with their own settings; their pools are closed after the test."""
+    runtimes: list[Runtime] = []
+
+    def factory(**overrides: Any) -> Any:
+        runtimes.append(Runtime.from_settings(make_settings(**overrides)))
+        return create_app(runtime=runtimes[-1])
+
+    yield factory
+    for rt in runtimes:
+        rt.close()
+
+
+def test_healthz_reports_a_dead_database(make_app: Callable[..., Any]) -> None:
     """With the database unreachable, /healthz is 503 with a reason, not a 500."""
-    settings = make_settings(
-        database_url="postgresql+psycopg://nobody@127.0.0.1:1/none"
-    )
-    app = create_app(runtime=Runtime.from_settings(settings))
+    app = make_app(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
     rv = app.test_client().get("/healthz")
     assert 503 == rv.status_code
     assert "database unreachable" == rv.get_json()["reason"]
