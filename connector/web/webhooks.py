@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
@@ -177,27 +177,32 @@ class _Target:
     webhook_secret: str | None
 
 
+_c = Connection.__table__.c
+# Plain column selects, built once: the other secrets are not decrypted on every request.
+_TARGET = select(
+    _c.id,
+    _c.platform,
+    _c.store,
+    _c.status,
+    _c.settings,
+    _c.test_event_code,
+    _c.webhook_secret,
+)
+_BY_ID = _TARGET.where(_c.id == bindparam("key"), _c.platform == bindparam("platform"))
+_BY_STORE = _TARGET.where(
+    _c.store == bindparam("key"), _c.platform == bindparam("platform")
+)
+
+
 def _find_connection(
     db: DBConnection, platform: str, connection_id: str | None, store: str | None
 ) -> _Target | None:
-    # A plain column select: the other secrets are not decrypted on every request.
-    c = Connection.__table__.c
-    stmt = select(
-        c.id,
-        c.platform,
-        c.store,
-        c.status,
-        c.settings,
-        c.test_event_code,
-        c.webhook_secret,
-    )
     if connection_id is not None:
-        stmt = stmt.where(c.id == connection_id, c.platform == platform)
+        row = db.execute(_BY_ID, {"key": connection_id, "platform": platform}).first()
     elif store:
-        stmt = stmt.where(c.platform == platform, c.store == store)
+        row = db.execute(_BY_STORE, {"key": store, "platform": platform}).first()
     else:
         return None
-    row = db.execute(stmt).first()
     return None if row is None else _Target(*row)
 
 
