@@ -51,7 +51,17 @@ def _runtime(ctx: click.Context) -> Runtime:
     return runtime
 
 
-@click.group()
+class ConnectorGroup(click.Group):
+    """Turns the connector's own errors into a message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConnectorError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=ConnectorGroup)
 @click.version_option(__version__, prog_name="connector")
 def cli() -> None:
     """Send Shopify and WooCommerce conversions to Meta's Conversions API."""
