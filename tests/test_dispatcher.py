@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, insert, select, text
 
-from connector import dispatcher
+from connector import dispatcher, registry
 from connector.config import Settings
 from connector.platform import PeriodicJob
 from connector.retry import RetryPolicy
@@ -546,6 +546,13 @@ def test_a_failing_periodic_job_is_logged_and_the_others_still_run(
     scheduler.run_due(threading.Event())
     assert ran == ["tick"]
     assert "periodic job boom failed" in caplog.text
+
+
+def test_the_worker_collects_every_platforms_periodic_jobs() -> None:
+    """Each adapter's periodic jobs are among those the worker runs."""
+    names = {job.name for job in dispatcher.collect_periodic_jobs()}
+    for adapter in registry.adapters().values():
+        assert {job.name for job in adapter.periodic_jobs()} <= names
 
 
 def test_a_running_worker_stops_when_asked(worker_runtime: Runtime) -> None:
