@@ -21,7 +21,9 @@ def sign_admin_link(secret_key: str, connection_id: str, now: datetime) -> str:
     return f"{expires}.{_mac(secret_key, connection_id, expires)}"
 
 
-def verify_admin_link(secret_key: str, connection_id: str, token: str, now: datetime) -> bool:
+def verify_admin_link(
+    secret_key: str, connection_id: str, token: str, now: datetime
+) -> bool:
     """True when ``token`` was signed for ``connection_id`` and has not expired."""
     expires_s, _, mac = token.partition(".")
     if not expires_s.isdigit() or not mac:
