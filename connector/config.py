@@ -108,6 +108,16 @@ class Settings:
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             problems.append(f"APP_URL must be an absolute http(s) URL, not {app_url!r}")
         port = _int(environ, "PORT", 8000, problems)
+        batch_size = _int(environ, "CONNECTOR_BATCH_SIZE", 1000, problems)
+        if not 1 <= batch_size <= 1000:
+            problems.append(
+                "CONNECTOR_BATCH_SIZE must be between 1 and 1000 (Meta's limit)"
+            )
+        lease_seconds = _int(environ, "CONNECTOR_LEASE_SECONDS", 120, problems)
+        if lease_seconds < 10:
+            problems.append("CONNECTOR_LEASE_SECONDS must be at least 10")
+        poll_interval = _float(environ, "CONNECTOR_POLL_INTERVAL", 1.0, problems)
+        http_timeout = _float(environ, "CONNECTOR_HTTP_TIMEOUT", 20.0, problems)
         if env == "production":
             if not keys:
                 problems.append("CONNECTOR_ENCRYPTION_KEYS is required in production")
@@ -160,6 +170,10 @@ class Settings:
             ).rstrip("/"),
             admin_password=environ.get("ADMIN_PASSWORD") or None,
             woocommerce_allow_insecure=allow_insecure,
+            batch_size=batch_size,
+            lease_seconds=lease_seconds,
+            poll_interval=poll_interval,
+            http_timeout=http_timeout,
         )
 
 
@@ -174,6 +188,22 @@ def _int(
     except ValueError:
         problems.append(f"{name} must be a whole number, not {raw!r}")
         return default
+
+
+def _float(
+    environ: Mapping[str, str], name: str, default: float, problems: list[str]
+) -> float:
+    raw = environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        problems.append(f"{name} must be a number of seconds, not {raw!r}")
+        return default
+    if value <= 0:
+        problems.append(f"{name} must be positive")
+    return value
 
 
 def with_dev_secrets(settings: Settings) -> Settings:

@@ -43,6 +43,25 @@ def test_defaults_use_sqlite_in_the_instance_folder(tmp_path: Path) -> None:
     assert settings.meta_api_version == "v25.0"
     assert settings.meta_graph_url == "https://graph.facebook.com"
     assert settings.port == 8000
+    assert (settings.batch_size, settings.lease_seconds) == (1000, 120)
+
+
+def test_worker_tuning_comes_from_the_environment() -> None:
+    """Batch size, lease, poll interval and HTTP timeout can be set per process."""
+    settings = Settings.from_env(
+        {
+            "CONNECTOR_BATCH_SIZE": "500",
+            "CONNECTOR_LEASE_SECONDS": "60",
+            "CONNECTOR_POLL_INTERVAL": "0.5",
+            "CONNECTOR_HTTP_TIMEOUT": "10",
+        }
+    )
+    assert (500, 60, 0.5, 10.0) == (
+        settings.batch_size,
+        settings.lease_seconds,
+        settings.poll_interval,
+        settings.http_timeout,
+    )
 
 
 def test_production_lists_every_missing_setting() -> None:
@@ -93,6 +112,15 @@ def test_production_with_everything_starts() -> None:
             id="template-without-shop",
         ),
         pytest.param({"CONNECTOR_ENV": "staging"}, "CONNECTOR_ENV", id="unknown-env"),
+        pytest.param(
+            {"CONNECTOR_BATCH_SIZE": "5000"}, "Meta's limit", id="batch-too-big"
+        ),
+        pytest.param(
+            {"CONNECTOR_LEASE_SECONDS": "1"}, "at least 10", id="lease-too-short"
+        ),
+        pytest.param(
+            {"CONNECTOR_HTTP_TIMEOUT": "soon"}, "number of seconds", id="timeout-nan"
+        ),
     ],
 )
 def test_invalid_values_are_named(env: dict[str, str], fragment: str) -> None:
