@@ -345,6 +345,43 @@ def connections_list(ctx: click.Context, as_json: bool) -> None:
 # -- keys ------------------------------------------------------------------------------
 
 
+@connections.command("set")
+@click.argument("connection_id")
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.pass_context
+def connections_set(
+    ctx: click.Context, connection_id: str, assignments: tuple[str, ...]
+) -> None:
+    """Change a connection's settings, e.g. `purchase_on=created` (an empty VALUE removes KEY).
+
+    VALUE is read as JSON when it is JSON (true, 3, {"admin": "other"}), else as text. The
+    settings each platform reads are listed in the README.
+    """
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(
+                f"{item!r} is not KEY=VALUE", param_hint="KEY=VALUE"
+            )
+        try:
+            changes[key.strip()] = json.loads(raw) if raw else None
+        except ValueError:
+            changes[key.strip()] = raw
+    runtime = _runtime(ctx)
+    with runtime.sessions.begin() as session:
+        conn = queries.get_connection(session, connection_id)
+        settings = dict(conn.settings or {})
+        for key, value in changes.items():
+            if value is None:
+                settings.pop(key, None)
+            else:
+                settings[key] = value
+        # A new dict, so the JSON column sees the change.
+        conn.settings = settings
+    click.echo(json.dumps(settings, indent=2, sort_keys=True))
+
+
 @cli.group()
 def keys() -> None:
     """Encryption keys for secrets at rest."""
