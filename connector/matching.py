@@ -604,7 +604,18 @@ def _phone(value: str, country: str | None) -> str | None:
         return None
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)[1:]
     # E.164 allows at most 15 digits; phonenumbers' "possible" lengths go beyond it.
-    return e164 if len(e164) <= 15 else None
+    if len(e164) > 15:
+        return None
+    # A national prefix right after the country code ("+31 0...") is dropped by the parser,
+    # so such a number would lose a digit every time it is read again: not a real number.
+    again = _parse_phone("+" + e164, None)
+    if (
+        again is None
+        or phonenumbers.format_number(again, phonenumbers.PhoneNumberFormat.E164)[1:]
+        != e164
+    ):
+        return None
+    return e164
 
 
 # --- email, gender, date of birth ---------------------------------------------------

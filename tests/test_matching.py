@@ -805,6 +805,7 @@ def test_normalize_is_idempotent(field: str, value: str, country: str | None) ->
     )
 )
 @example(value="0\u06600000")
+@example(value="+310000000")
 def test_phone_reads_back_from_its_normalized_form(value: str) -> None:
     """A normalized phone, written back with a +, normalizes to itself whatever the region."""
     once = normalize("ph", value, country="us")
