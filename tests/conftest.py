@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from cryptography.fernet import Fernet
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -20,6 +21,12 @@ from connector.runtime import Runtime
 from connector.store.models import Base
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# Shared machines are noisy: no per-example deadline. In CI the examples are derived from the
+# test itself, so a run is repeatable; locally hypothesis keeps exploring.
+hypothesis_settings.register_profile("default", deadline=None)
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 # Tests never read the developer's environment: every setting comes from a fixture.
 for _name in list(os.environ):
