@@ -68,6 +68,8 @@ def cli() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    # Alembic announces each of its plugins at INFO; the migrations it runs stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def main() -> None:
