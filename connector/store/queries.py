@@ -121,6 +121,23 @@ _RECORD_DELIVERY_PG = text(
 )
 
 
+def _receipt_params(receipt: ReceiptIn, now: datetime) -> dict[str, Any]:
+    return {
+        "platform": receipt.platform,
+        "connection_id": receipt.connection_id,
+        "delivery_id": receipt.delivery_id,
+        "topic": receipt.topic,
+        "event_ref": receipt.event_ref,
+        "api_version": receipt.api_version,
+        "triggered_at": receipt.triggered_at,
+        "received_at": now,
+        "outcome": receipt.outcome,
+        "detail": receipt.detail,
+        "order_ref": receipt.order_ref,
+        "customer_ref": receipt.customer_ref,
+    }
+
+
 def _record_delivery_pg(
     db: Session | DBConnection,
     receipt: ReceiptIn,
@@ -130,18 +147,7 @@ def _record_delivery_pg(
     rows = db.execute(
         _RECORD_DELIVERY_PG,
         {
-            "platform": receipt.platform,
-            "connection_id": receipt.connection_id,
-            "delivery_id": receipt.delivery_id,
-            "topic": receipt.topic,
-            "event_ref": receipt.event_ref,
-            "api_version": receipt.api_version,
-            "triggered_at": receipt.triggered_at,
-            "received_at": now,
-            "outcome": receipt.outcome,
-            "detail": receipt.detail,
-            "order_ref": receipt.order_ref,
-            "customer_ref": receipt.customer_ref,
+            **_receipt_params(receipt, now),
             "events": json.dumps(
                 [
                     {
@@ -189,23 +195,7 @@ def record_delivery(
         return _record_delivery_pg(session, receipt, events, now)
     # Core statements on the tables, built once: this is the webhook hot path.
     add_receipt, add_events = _delivery_statements(dialect)
-    receipt_row = session.execute(
-        add_receipt,
-        {
-            "platform": receipt.platform,
-            "connection_id": receipt.connection_id,
-            "delivery_id": receipt.delivery_id,
-            "topic": receipt.topic,
-            "event_ref": receipt.event_ref,
-            "api_version": receipt.api_version,
-            "triggered_at": receipt.triggered_at,
-            "received_at": now,
-            "outcome": receipt.outcome,
-            "detail": receipt.detail,
-            "order_ref": receipt.order_ref,
-            "customer_ref": receipt.customer_ref,
-        },
-    ).first()
+    receipt_row = session.execute(add_receipt, _receipt_params(receipt, now)).first()
     if receipt_row is None:
         return Accepted(duplicate_delivery=True)
     if not events:
