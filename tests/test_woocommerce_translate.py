@@ -334,3 +334,63 @@ def test_absurdly_nested_bodies_are_a_payload_error() -> None:
         payload = {"a": payload}
     with pytest.raises(PayloadError):
         delivery_key(payload)
+
+
+def test_a_wc_v1_webhook_order_is_dated_by_its_utc_date_created() -> None:
+    """wc/v1 bodies have no *_gmt fields; their date_created is UTC, their date_paid is not."""
+    (event,) = translate("order.updated", load("order-v1.json"), conn(), NOW).events
+    assert "Purchase" == event.event_name
+    assert "727" == event.event_id
+    assert datetime(2017, 3, 22, 19, 28, 2, tzinfo=UTC) == event.event_time
+    assert ["93", "23"] == [c.id for c in event.custom_data.contents]
+
+
+def test_a_legacy_api_order_is_read_from_its_envelope() -> None:
+    """A Legacy REST API v3 webhook wraps the order as {"order": {...}}; it still translates."""
+    (event,) = translate(
+        "order.updated", load("order-legacy-v3.json"), conn(), NOW
+    ).events
+    assert ("Purchase", "645") == (event.event_name, event.event_id)
+    assert datetime(2015, 1, 26, 20, 0, 49, tzinfo=UTC) == event.event_time
+    assert (Decimal("79.87"), "USD") == (
+        event.custom_data.value,
+        event.custom_data.currency,
+    )
+    assert [("546", 2), ("613", 1)] == [
+        (c.id, c.quantity) for c in event.custom_data.contents
+    ]
+    meta = event.to_meta()["user_data"]
+    assert [hash_value("john.doe@example.com")] == meta["em"]
+    assert [hash_value("2")] == meta["external_id"]
+    assert "127.0.0.1" == meta["client_ip_address"]
+
+
+def test_a_legacy_api_order_not_yet_paid_makes_no_purchase() -> None:
+    """A pending legacy order without the paid flag is no Purchase."""
+    body = load("order-legacy-v3.json")
+    body["order"] |= {"status": "pending", "payment_details": {"paid": False}}
+    assert [] == list(translate("order.created", body, conn(), NOW).events)
+
+
+@pytest.mark.parametrize(
+    ("setting", "ids"),
+    [
+        pytest.param({"content_id": "sku"}, ["93", "Bar3"], id="sku"),
+        pytest.param({"content_id": "product"}, ["93", "22"], id="product"),
+        pytest.param({"content_id": "variant"}, ["93", "23"], id="variant"),
+        pytest.param({"content_id": "SKU"}, ["93", "Bar3"], id="any-case"),
+        pytest.param(
+            {"content_id": "sku", "content_id_format": "facebook_retailer_id"},
+            ["93", "Bar3"],
+            id="content-id-wins",
+        ),
+    ],
+)
+def test_content_id_is_the_same_setting_name_as_shopify(
+    setting: dict[str, Any], ids: list[str]
+) -> None:
+    """`connections set ID content_id=sku` works for WooCommerce as it does for Shopify."""
+    (event,) = translate(
+        "order.updated", load("order-processing.json"), conn(**setting), NOW
+    ).events
+    assert ids == [c.id for c in event.custom_data.contents]

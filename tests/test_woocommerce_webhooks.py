@@ -266,3 +266,40 @@ def test_no_request_gets_a_500(
     target = connection_id if path == "known" else path
     rv = client.post(f"/webhooks/woocommerce/{target}", data=body, headers=headers)
     assert rv.status_code < 500
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            b'{"id":31,"status":"processing","total":"5.00","currency":""}',
+            id="no-currency",
+        ),
+        pytest.param(b"[]", id="not-an-object"),
+        pytest.param(b'{"id":"x","status":"completed"}', id="no-order-id"),
+    ],
+)
+def test_a_signed_body_no_event_can_come_from_is_recorded_and_answered_200(
+    client: Any, runtime: Runtime, connection_id: str, body: bytes
+) -> None:
+    """WooCommerce never retries and disables a webhook that keeps failing: answer 200, keep why."""
+    rv = deliver(client, connection_id, body)
+    assert 200 == rv.status_code
+    with runtime.sessions() as session:
+        receipt = session.scalars(select(WebhookReceipt)).one()
+    assert "skipped" == receipt.outcome
+    assert "no event can be made" in (receipt.detail or "")
+    assert (1, 0) == counts(runtime)
+
+
+def test_a_legacy_api_delivery_makes_its_purchase(
+    client: Any, runtime: Runtime, connection_id: str
+) -> None:
+    """A webhook still on the Legacy REST API format ({"order": {...}}) is not lost."""
+    rv = deliver(
+        client, connection_id, fixture_bytes("woocommerce/order-legacy-v3.json")
+    )
+    assert 200 == rv.status_code
+    with runtime.sessions() as session:
+        event = session.scalars(select(Event)).one()
+    assert ("Purchase", "645") == (event.event_name, event.event_id)

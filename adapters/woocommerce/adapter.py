@@ -98,10 +98,22 @@ class WooCommerceAdapter:
     ) -> Outcome:
         """Translate a verified delivery (see :mod:`adapters.woocommerce.translate`).
 
-        Raises:
-            PayloadError: the body is not an order this topic can carry.
+        A signed body that is no order we can use is recorded with the reason and answered
+        200: WooCommerce never retries a delivery, it only counts a non-2xx answer towards
+        disabling the webhook (``WC_Webhook::failed_delivery``), which would stop every
+        later order too.
         """
-        return translate.translate(topic, payload, conn, now)
+        try:
+            return translate.translate(topic, payload, conn, now)
+        except PayloadError as exc:
+            order_id = payload.get("id") if isinstance(payload, Mapping) else None
+            ref = str(order_id)[:64] if isinstance(order_id, int | str) else None
+            return Outcome(
+                skipped=f"the store sent a body no event can be made from: {exc.detail}"[
+                    :500
+                ],
+                order_ref=ref or None,
+            )
 
     def periodic_jobs(self) -> Sequence[PeriodicJob]:
         """Finish webhook setup for stores whose first attempt failed; re-check daily."""

@@ -37,15 +37,22 @@ What a merchant should know (and what a pixel has to repeat for Meta to deduplic
 
 Connection settings read here (``Connection.settings``; all optional):
 
-``content_id_format``
+``content_id`` (also read as ``content_id_format``)
     How a line item becomes a ``contents[].id``: ``"id"`` (default: the variation id when
-    there is one, else the product id), ``"sku"`` (the SKU, the id when it has none), or
-    ``"facebook_retailer_id"`` (``{sku}_{id}``, or ``wc_post_id_{id}`` without a SKU: the ids
-    the Facebook for WooCommerce plugin gives catalog items).
+    there is one, else the product id; ``"variant"`` and ``"variation"`` mean the same),
+    ``"product"`` (always the parent product's id), ``"sku"`` (the SKU, the id when it has
+    none), or ``"facebook_retailer_id"`` (``{sku}_{id}``, or ``wc_post_id_{id}`` without a
+    SKU: the ids the Facebook for WooCommerce plugin gives catalog items).
 ``on_hold_is_paid``
     ``true`` when the store's offline gateways mean "paid" by ``on-hold``.
 ``action_sources``
     An object ``{created_via: action_source}`` that overrides rows of the table above.
+
+Payload versions: a webhook's "API version" decides the body's shape. wc/v3 and wc/v2 carry
+``*_gmt`` dates; wc/v1 (WooCommerce 2.6) has none, but its ``date_created`` and
+``date_modified`` are UTC; the Legacy REST API (``legacy_v3``, still chosen by webhooks made
+before WooCommerce 3.0) wraps the order as ``{"order": {...}}`` with ``created_at`` and
+``billing_address``. All three are read.
 """
 
 from __future__ import annotations
@@ -89,7 +96,10 @@ DEFAULT_ACTION_SOURCES: Final[Mapping[str, ActionSource]] = {
     "subscription": "system_generated",
     "pos-rest-api": "physical_store",
 }
-CONTENT_ID_FORMATS: Final = ("id", "sku", "facebook_retailer_id")
+CONTENT_ID_FORMATS: Final = ("id", "product", "sku", "facebook_retailer_id")
+#: the setting's name, and the name it had first; the same name as Shopify's setting wins
+CONTENT_ID_SETTINGS: Final = ("content_id", "content_id_format")
+_CONTENT_ID_ALIASES: Final = {"variant": "id", "variation": "id"}
 _ACTION_SOURCES: Final = frozenset(get_args(ActionSource))
 #: order topics that carry the full order; order.deleted carries only {"id": N}
 _ORDER_EVENTS: Final = frozenset({"created", "updated", "restored"})
@@ -108,6 +118,7 @@ def translate(topic: str, payload: Any, conn: ConnectionInfo, now: datetime) -> 
     error = rest_error(payload)
     if error is not None:
         return Outcome(skipped=error)
+    payload = normalize_order(payload)
     resource, _, event = topic.partition(".")
     if resource != "order":
         return Outcome(skipped=f"topic {topic} carries no conversion")
@@ -216,6 +227,64 @@ def delivery_key(payload: Any) -> str:
     return f"{order_id}:{status}:{modified}:{digest}"[:255]
 
 
+def content_id_format(settings: Mapping[str, Any]) -> str:
+    """The connection's ``content_id`` setting, ``"id"`` when unset or unknown."""
+    for name in CONTENT_ID_SETTINGS:
+        value = settings.get(name)
+        if isinstance(value, str):
+            value = _CONTENT_ID_ALIASES.get(
+                value.strip().lower(), value.strip().lower()
+            )
+            if value in CONTENT_ID_FORMATS:
+                return value
+    return "id"
+
+
+def normalize_order(payload: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A wc/v1 or Legacy REST API order in the wc/v3 shape; a v2/v3 order as it is."""
+    legacy = payload.get("order")
+    if "id" not in payload and isinstance(legacy, Mapping):
+        return _from_legacy(legacy)
+    if "date_created_gmt" in payload or "date_created" not in payload:
+        return payload
+    # wc/v1: no *_gmt fields, but its date_created and date_modified are UTC
+    # ("v1 API used UTC"); its date_paid is the store's local time, so it is left out.
+    return {
+        **payload,
+        "date_created_gmt": payload.get("date_created"),
+        "date_modified_gmt": payload.get("date_modified"),
+    }
+
+
+def _from_legacy(order: Mapping[str, Any]) -> dict[str, Any]:
+    # WC_API_Orders::get_order (Legacy REST API v3): dates are UTC with a "Z"; a variation's
+    # id is the line's product_id; "paid" is a flag without a date.
+    payment = _mapping(order.get("payment_details"))
+    paid_at = order.get("updated_at") if payment.get("paid") is True else None
+    lines = [
+        {**line, "variation_id": 0}
+        for line in _list(order.get("line_items"))
+        if isinstance(line, Mapping)
+    ]
+    return {
+        "id": order.get("id"),
+        "status": order.get("status"),
+        "currency": order.get("currency"),
+        "total": order.get("total"),
+        "date_created_gmt": order.get("created_at"),
+        "date_modified_gmt": order.get("updated_at"),
+        "date_paid_gmt": paid_at,
+        "customer_id": order.get("customer_id"),
+        "customer_ip_address": order.get("customer_ip"),
+        "customer_user_agent": order.get("customer_user_agent"),
+        "created_via": order.get("created_via"),
+        "billing": order.get("billing_address"),
+        "shipping": order.get("shipping_address"),
+        "line_items": lines,
+        "meta_data": order.get("meta_data"),
+    }
+
+
 def meta_value(order: Mapping[str, Any], key: str) -> Any:
     """The value of the first ``meta_data`` entry named ``key``, or None."""
     for item in _list(order.get("meta_data")):
@@ -296,9 +365,7 @@ def _custom_data(
     currency = _str(order.get("currency"))
     if currency is None or len(currency) != 3 or not currency.isalpha():
         raise PayloadError(f"order {order_id} has no valid currency")
-    fmt = settings.get("content_id_format")
-    if fmt not in CONTENT_ID_FORMATS:
-        fmt = "id"
+    fmt = content_id_format(settings)
     contents = tuple(_contents(_list(order.get("line_items")), str(fmt)))
     return CustomData(
         value=total,
@@ -322,7 +389,9 @@ def _contents(items: Iterable[Any], fmt: str) -> Iterable[Content]:
         product = _int(item.get("product_id")) or 0
         post_id = variation if variation > 0 else product
         sku = _str(item.get("sku"))
-        if fmt == "sku":
+        if fmt == "product":
+            content_id = str(product) if product > 0 else None
+        elif fmt == "sku":
             content_id = sku or (str(post_id) if post_id > 0 else None)
         elif fmt == "facebook_retailer_id":
             if post_id > 0:
