@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import tomllib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +71,78 @@ def test_repeated_parameters_are_signed_as_a_list() -> None:
     assert 'ids=["1", "2"]&shop=x' == oauth.query_message(
         [("shop", "x"), ("ids[]", "1"), ("ids[]", "2")]
     )
+
+
+def test_list_values_are_json_encoded_as_shopify_python_api_does() -> None:
+    """A quote or a non-ASCII letter inside ``ids[]`` is escaped the way ``json.dumps`` does."""
+    assert 'ids=["a\\"b", "\\u00e9"]' == oauth.query_message(
+        [("ids[]", 'a"b'), ("ids[]", "é")]
+    )
+
+
+def _hex(message: str, secret: str) -> str:
+    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+
+
+def test_query_signed_as_shopify_api_js_does_verifies() -> None:
+    """shopify-api-js signs the form-encoded query (``+`` for a space); its own test case."""
+    stamp = str(int(NOW.timestamp()) - 60)
+    message = (
+        "code=some+code+goes+here&shop=the+shop+URL"
+        f"&state=some+nonce+passed+from+auth&timestamp={stamp}"
+    )
+    pairs = [
+        ("code", "some code goes here"),
+        ("shop", "the shop URL"),
+        ("state", "some nonce passed from auth"),
+        ("timestamp", stamp),
+        ("hmac", _hex(message, "my super secret key")),
+    ]
+    oauth.verify_query(pairs, ["my super secret key"], NOW)
+
+
+def test_list_query_signed_as_shopify_api_js_does_verifies() -> None:
+    """shopify-api-js writes a parsed list back as ``ids%5B%5D=1&ids%5B%5D=2``."""
+    stamp = str(int(NOW.timestamp()))
+    message = f"host=YWJj%3D&ids%5B%5D=1&ids%5B%5D=2&shop={SHOP}&timestamp={stamp}"
+    pairs = [
+        ("ids[]", "1"),
+        ("ids[]", "2"),
+        ("shop", SHOP),
+        ("host", "YWJj="),
+        ("timestamp", stamp),
+        ("hmac", _hex(message, SECRET)),
+    ]
+    oauth.verify_query(pairs, [SECRET], NOW)
+
+
+def test_query_signed_as_shopify_python_api_does_verifies() -> None:
+    """shopify_python_api sorts the escaped ``k=v`` strings: ``a-b=..`` before ``a=..``."""
+    stamp = str(int(NOW.timestamp()))
+    message = f"a-b=1&a=x%25y&shop={SHOP}&timestamp={stamp}"
+    pairs = [
+        ("a", "x%y"),
+        ("a-b", "1"),
+        ("shop", SHOP),
+        ("timestamp", stamp),
+        ("hmac", _hex(message, SECRET)),
+    ]
+    oauth.verify_query(pairs, [SECRET], NOW)
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        pytest.param([("shop", SHOP), ("timestamp", "1"), ("hmac", "é")], id="hmac"),
+        pytest.param([("shop", SHOP), ("timestamp", "²"), ("hmac", "ab")], id="stamp"),
+    ],
+)
+def test_non_ascii_query_values_are_refused_not_an_error(
+    pairs: list[tuple[str, str]],
+) -> None:
+    """A non-ASCII hmac or timestamp is a SignatureError, never a TypeError or ValueError."""
+    with pytest.raises(SignatureError):
+        oauth.verify_query(pairs, [SECRET], NOW)
 
 
 @given(params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,30 +30,82 @@ def admin_base(template: str, shop: str) -> str:
 
 
 def query_message(pairs: Iterable[tuple[str, str]]) -> str:
-    """The string Shopify signs: every parameter but ``hmac``/``signature``, sorted, ``k=v&...``."""
+    """The string Shopify signs: every parameter but ``hmac``/``signature``, sorted, ``k=v&...``.
+
+    Values go in as they are, with only the separators escaped; repeated parameters
+    (``ids[]=1&ids[]=2``, an admin bulk-action link) are signed as ``ids=["1", "2"]``.
+    This is Shopify's documented rule and ``shopify_python_api``'s implementation.
+    """
+    grouped = _grouped(pairs)
+    parts = []
+    for key in sorted(grouped):
+        values = grouped[key]
+        if key.endswith("[]") or len(values) > 1:
+            name = _escape(key.removesuffix("[]"), key=True)
+            joined = json.dumps(values)  # '["1", "2"]': JSON, comma and space
+            parts.append(f"{name}={_escape(joined)}")
+        else:
+            parts.append(f"{_escape(key, key=True)}={_escape(values[0])}")
+    return "&".join(parts)
+
+
+def query_messages(pairs: Sequence[tuple[str, str]]) -> list[str]:
+    """Every form of the signed string Shopify's own libraries accept, the documented one first.
+
+    Besides :func:`query_message`, ``shopify_python_api`` sorts the escaped ``k=v`` strings
+    rather than the keys (they differ only when one key is a prefix of another), and
+    ``shopify-api-js`` and ``shopify-api-ruby`` sign the form-encoded query
+    (``URLSearchParams`` / ``URI.encode_www_form``: ``%XX`` escapes, ``+`` for a space,
+    ``ids%5B%5D=1&ids%5B%5D=2``). For the plain values of an OAuth redirect all three agree.
+    """
+    documented = query_message(pairs)
+    by_pair = "&".join(sorted(documented.split("&"))) if documented else ""
+    grouped = _grouped(pairs)
+    encoded: list[str] = []
+    # The JavaScript library sorts the parsed keys (``ids``), then writes arrays as ``ids[]``.
+    for key in sorted(grouped, key=lambda k: k.removesuffix("[]")):
+        values = grouped[key]
+        array = key.endswith("[]") or len(values) > 1
+        name = _form_encode(f"{key.removesuffix('[]')}[]" if array else key)
+        encoded.extend(f"{name}={_form_encode(value)}" for value in values)
+    rv: list[str] = []
+    for message in (documented, by_pair, "&".join(encoded)):
+        if message not in rv:
+            rv.append(message)
+    return rv
+
+
+def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for key, value in pairs:
         if key in {"hmac", "signature"}:
             continue
         grouped.setdefault(key, []).append(value)
-    parts = []
-    for key in sorted(grouped):
-        values = grouped[key]
-        name = _escape(key, key=True)
-        if key.endswith("[]") or len(values) > 1:
-            # Repeated parameters (ids[]=1&ids[]=2) are signed as ids=["1", "2"].
-            name = _escape(key.removesuffix("[]"), key=True)
-            joined = ", ".join(f'"{_escape(v)}"' for v in values)
-            parts.append(f"{name}=[{joined}]")
-        else:
-            parts.append(f"{name}={_escape(values[0])}")
-    return "&".join(parts)
+    return grouped
 
 
 def _escape(text: str, *, key: bool = False) -> str:
     # Shopify escapes the separators so a value cannot forge another parameter.
     text = text.replace("%", "%25").replace("&", "%26")
     return text.replace("=", "%3D") if key else text
+
+
+#: what application/x-www-form-urlencoded leaves as it is (the WHATWG URL standard)
+_FORM_SAFE = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789*-._"
+)
+
+
+def _form_encode(text: str) -> str:
+    out = []
+    for char in text:
+        if char in _FORM_SAFE:
+            out.append(char)
+        elif char == " ":
+            out.append("+")
+        else:
+            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
+    return "".join(out)
 
 
 def sign_query(pairs: Iterable[tuple[str, str]], secret: str) -> str:
@@ -77,15 +130,21 @@ def verify_query(
     if len(given) != 1 or not given[0]:
         raise SignatureError("the request carries no Shopify hmac")
     expected = given[0].strip().lower()
-    # compare_digest: == leaks how many leading characters matched
-    if not any(
-        hmac.compare_digest(sign_query(pairs, secret), expected)
-        for secret in secrets
-        if secret
-    ):
+    if not expected.isascii():
+        raise SignatureError("the request's Shopify hmac does not match")
+    messages = [m.encode("utf-8", "surrogatepass") for m in query_messages(pairs)]
+    matched = False
+    for secret in secrets:
+        if not secret:
+            continue
+        for message in messages:
+            digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+            # compare_digest: == leaks how many leading characters matched
+            matched |= hmac.compare_digest(digest, expected)
+    if not matched:
         raise SignatureError("the request's Shopify hmac does not match")
     stamps = [v for k, v in pairs if k == "timestamp"]
-    if len(stamps) != 1 or not stamps[0].isdigit():
+    if len(stamps) != 1 or not stamps[0].isascii() or not stamps[0].isdigit():
         raise SignatureError("the signed request carries no timestamp")
     age = now.timestamp() - int(stamps[0])
     if abs(age) > tolerance.total_seconds():
