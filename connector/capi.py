@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
@@ -23,6 +24,21 @@ from connector.errors import GraphError
 MAX_EVENTS_PER_REQUEST = 1000
 #: names the integration in Meta's diagnostics (the ``partner_agent`` main-body parameter)
 PARTNER_AGENT = f"capi-connector-{__version__}"
+#: the ``action_source`` values Meta's server-event parameters page lists
+ACTION_SOURCES = frozenset(
+    {
+        "email",
+        "website",
+        "app",
+        "phone_call",
+        "chat",
+        "physical_store",
+        "system_generated",
+        "business_messaging",
+        "other",
+    }
+)
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,7 +65,7 @@ def build_request_body(
     test_event_code: str | None = None,
     partner_agent: str = PARTNER_AGENT,
 ) -> dict[str, Any]:
-    """The JSON body of ``POST /{pixel}/events``; the token travels here, never in the URL.
+    """The parameters of ``POST /{pixel}/events``; the token travels here, never in the URL.
 
     Raises:
         ValueError: no events, more than Meta takes in one request, or no token.
@@ -72,6 +88,52 @@ def build_request_body(
     if test_event_code:
         body["test_event_code"] = test_event_code
     return body
+
+
+def encode_request_body(body: Mapping[str, Any]) -> str:
+    """The body as Meta's events reference sends it: a form, ``data`` a JSON-encoded string.
+
+    The ``/{pixel}/events`` reference types ``data`` as ``list<JSON-encoded string>`` and shows
+    it form-encoded; the Business SDK posts the same. Other parameters are plain strings.
+    """
+    fields = {
+        key: json.dumps(value, separators=(",", ":"))
+        if isinstance(value, list | dict)
+        else str(value)
+        for key, value in body.items()
+    }
+    return urlencode(fields)
+
+
+def event_problem(event: Mapping[str, Any]) -> str | None:
+    """Why Meta would refuse this event on its own, or None: the documented required fields.
+
+    One such event rejects the whole request it travels in, so the dispatcher sets it
+    aside before the send instead of finding it by splitting the batch.
+    """
+    name = event.get("event_name")
+    if not isinstance(name, str) or not name:
+        return "event_name is missing"
+    event_time = event.get("event_time")
+    if isinstance(event_time, bool) or not isinstance(event_time, int):
+        return "event_time is not a Unix timestamp in seconds"
+    source = event.get("action_source")
+    if source not in ACTION_SOURCES:
+        return f"action_source {source!r} is not one Meta accepts"
+    user_data = event.get("user_data")
+    if not isinstance(user_data, Mapping) or not user_data:
+        return "user_data is missing"
+    if source == "website":
+        # Meta's parameters page: website events require client_user_agent and
+        # event_source_url (besides action_source).
+        if not event.get("event_source_url"):
+            return "a website event needs event_source_url, and this one has none"
+        if not user_data.get("client_user_agent"):
+            return (
+                "a website event needs user_data.client_user_agent (the shopper's browser), "
+                "and the order carried none"
+            )
+    return None
 
 
 def parse_response(status: int, body: bytes | str) -> SendResult | GraphError:
@@ -145,7 +207,10 @@ class GraphClient:
     ) -> None:
         self.settings = settings
         self.session = http if http is not None else requests.Session()
-        self.session.headers.setdefault("User-Agent", PARTNER_AGENT)
+        # A Session names itself python-requests/x; Meta's logs should name the connector.
+        agent = str(self.session.headers.get("User-Agent") or "")
+        if not agent or agent.startswith("python-requests/"):
+            self.session.headers["User-Agent"] = PARTNER_AGENT
         self.timeout = settings.http_timeout
 
     @property
@@ -181,12 +246,12 @@ class GraphClient:
             test_event_code=test_event_code,
         )
         url = self.events_url(pixel_id)
-        payload = json.dumps(body, separators=(",", ":"))
+        payload = encode_request_body(body)
         try:
             resp = self.session.post(
                 url,
-                data=payload,
-                headers={"Content-Type": "application/json"},
+                data=payload.encode("ascii"),
+                headers={"Content-Type": FORM_CONTENT_TYPE},
                 timeout=self.timeout,
             )
         except requests.Timeout as exc:

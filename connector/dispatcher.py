@@ -25,7 +25,7 @@ from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector import registry
-from connector.capi import GraphClient, SendResult
+from connector.capi import GraphClient, SendResult, event_problem
 from connector.errors import GraphError
 from connector.platform import PeriodicJob
 from connector.retry import (
@@ -254,16 +254,21 @@ class Dispatcher:
             if target.backoff_until is not None and target.backoff_until > now:
                 self._release(rows, at=target.backoff_until)
                 continue
-            rows = self._dead_letter_out_of_window(rows, now)
+            rows = self._dead_letter_unsendable(rows, now)
             if rows and target.pixel_id and target.meta_token:
                 self._send(target, target.pixel_id, target.meta_token, rows)
 
-    def _dead_letter_out_of_window(
+    def _dead_letter_unsendable(
         self, rows: list[Claimed], now: datetime
     ) -> list[Claimed]:
+        """Set aside, visibly, the rows Meta would refuse: each would sink its whole request."""
         keep: list[Claimed] = []
         for row in rows:
             verdict = check_event_time(row.event_time, now)
+            if verdict is None:
+                problem = event_problem(row.payload)
+                if problem is not None:
+                    verdict = Dead(reason=f"not sent, Meta refuses it: {problem}")
             if verdict is None:
                 keep.append(row)
             else:
@@ -290,6 +295,12 @@ class Dispatcher:
                 )
             except GraphError as exc:
                 error = exc
+            except ValueError as exc:
+                # The connection's settings cannot make a request (a pixel id that is not
+                # digits): no retry can help, and a crash would loop on the same rows.
+                rest = [r for c in [chunk, *pending] for r in c]
+                self._hold_connection(target, rest, f"cannot send to Meta: {exc}")
+                return
             self.stats.requests += 1
             decision = classify(
                 error,
@@ -316,8 +327,10 @@ class Dispatcher:
             elif isinstance(decision, RetryAt):
                 self._retry(chunk, decision.when, decision.reason, reached=reached)
             elif isinstance(decision, RateLimited):
-                rest = [r for c in [chunk, *pending] for r in c]
-                self._rate_limited(target, rest, decision, reached=reached)
+                self._rate_limited(target, chunk, decision, reached=reached)
+                rest = [r for c in pending for r in c]
+                if rest:
+                    self._rate_limited(target, rest, decision, reached=False)
                 return
             elif isinstance(decision, Hold):
                 rest = [r for c in [chunk, *pending] for r in c]
@@ -416,6 +429,7 @@ class Dispatcher:
             rows,
             status=EventStatus.PENDING,
             attempts=EVENTS.c.attempts + 1,
+            send_count=EVENTS.c.send_count + (1 if reached else 0),
             next_attempt_at=decision.until,
             last_error=_clip(decision.reason),
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,6 +46,45 @@ if TYPE_CHECKING:
     from connector.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+#: query parameters of Graph calls that carry a secret: never written to a log line
+SECRET_PARAMS = (
+    "access_token",
+    "input_token",
+    "fb_exchange_token",
+    "client_secret",
+    "code",
+    "appsecret_proof",
+)
+_SECRET_IN_QUERY = re.compile(
+    r"(?P<key>(?<![A-Za-z0-9_])(?:" + "|".join(SECRET_PARAMS) + r")=)[^&\s\"']*"
+)
+
+
+def redact_query(text: str) -> str:
+    """``text`` with the values of :data:`SECRET_PARAMS` replaced, wherever they appear."""
+    return _SECRET_IN_QUERY.sub(r"\g<key>[redacted]", text)
+
+
+class _RedactSecrets(logging.Filter):
+    """urllib3 logs each request line, query included, at DEBUG: keep Graph's secrets out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_query(a) if isinstance(a, str) else a for a in record.args
+            )
+        elif isinstance(record.args, Mapping):
+            record.args = {
+                k: redact_query(v) if isinstance(v, str) else v
+                for k, v in record.args.items()
+            }
+        if isinstance(record.msg, str):
+            record.msg = redact_query(record.msg)
+        return True
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_RedactSecrets())
 
 #: what the Conversions API needs from the person, and nothing more
 SCOPES: tuple[str, ...] = ("ads_management", "business_management")
@@ -356,25 +396,20 @@ class MetaClient:
     def _url(self, path: str) -> str:
         return f"{self.settings.graph_base}/{path.lstrip('/')}"
 
-    def _token_request(self, form: Mapping[str, str]) -> dict[str, Any]:
-        # POST with a form body: the code, the secret and the short token stay out of URLs.
-        return self._send("POST", self._url("oauth/access_token"), data=dict(form))
+    def _token_request(self, params: Mapping[str, str]) -> dict[str, Any]:
+        # Facebook Login's manual flow documents both exchanges as GET oauth/access_token
+        # with query parameters; the URL goes to Graph over TLS and is never logged here.
+        return self._send("GET", self._url("oauth/access_token"), params=dict(params))
 
     def _get(
         self, path: str, token: str, params: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
-        query = dict(params or {})
+        # Graph reads take the token as the documented access_token parameter.
+        query = {**(params or {}), "access_token": token}
         secret = self.settings.meta_app_secret
         if secret:
             query["appsecret_proof"] = appsecret_proof(secret, token)
-        # The bearer header keeps the access token out of the URL (debug_token's input_token
-        # has to be a query parameter: Meta documents no other place for it).
-        return self._send(
-            "GET",
-            self._url(path),
-            params=query,
-            headers={"Authorization": f"Bearer {token}"},
-        )
+        return self._send("GET", self._url(path), params=query)
 
     def _edge(self, path: str, token: str, fields: str) -> Iterator[dict[str, Any]]:
         """Every node of an edge, following the ``after`` cursor (never a URL from the answer)."""

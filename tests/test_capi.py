@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -21,6 +22,8 @@ from connector.capi import (
     SendResult,
     appsecret_proof,
     build_request_body,
+    encode_request_body,
+    event_problem,
     parse_response,
 )
 from connector.config import Settings
@@ -76,6 +79,74 @@ def test_a_body_meta_would_refuse_is_not_built(
     """Empty, oversized or tokenless requests fail before they reach the network."""
     with pytest.raises(ValueError, match=message):
         build_request_body(events, access_token=token)
+
+
+def test_the_body_is_encoded_as_metas_events_reference_shows_it() -> None:
+    """A form whose ``data`` is a JSON-encoded string, as in Meta's reference and Business SDK."""
+    body = build_request_body(
+        [EVENT], access_token="tok&=+", app_secret="s", test_event_code="TEST1"
+    )
+    fields = parse_qs(encode_request_body(body), strict_parsing=True)
+    assert {k: len(v) for k, v in fields.items()} == {
+        "data": 1,
+        "access_token": 1,
+        "appsecret_proof": 1,
+        "test_event_code": 1,
+        "partner_agent": 1,
+    }
+    assert json.loads(fields["data"][0]) == [EVENT]
+    assert fields["access_token"] == ["tok&=+"]
+    assert fields["test_event_code"] == ["TEST1"]
+    assert fields["partner_agent"] == [PARTNER_AGENT]
+
+
+def _website(**changes: Any) -> dict[str, Any]:
+    event = json.loads(json.dumps(EVENT))
+    for key, value in changes.items():
+        if key.startswith("user_data."):
+            event["user_data"].pop(key.removeprefix("user_data."))
+        elif value is None:
+            event.pop(key)
+        else:
+            event[key] = value
+    return event
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        pytest.param(_website(), None, id="complete-website-event"),
+        pytest.param(
+            _website(action_source="physical_store", event_source_url=None),
+            None,
+            id="store-event-needs-no-url",
+        ),
+        pytest.param(_website(event_name=None), "event_name", id="no-name"),
+        pytest.param(_website(event_time=1.5e9), "event_time", id="float-time"),
+        pytest.param(_website(event_time="1700000000"), "event_time", id="str-time"),
+        pytest.param(_website(action_source="web"), "action_source", id="bad-source"),
+        pytest.param(_website(action_source=None), "action_source", id="no-source"),
+        pytest.param(_website(user_data={}), "user_data", id="empty-user-data"),
+        pytest.param(
+            _website(event_source_url=None), "event_source_url", id="website-no-url"
+        ),
+        pytest.param(
+            _website(**{"user_data.client_user_agent": None}),
+            "client_user_agent",
+            id="website-no-user-agent",
+        ),
+    ],
+)
+def test_event_problem_names_what_meta_requires(
+    event: dict[str, Any], problem: str | None
+) -> None:
+    """Meta's parameters page: website events need client_user_agent and event_source_url."""
+    found = event_problem(event)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
 
 
 # -- parse_response -----------------------------------------------------------------------
@@ -182,6 +253,25 @@ def test_send_events_posts_to_the_pixel_and_returns_metas_count(
     assert state.event_ids(PIXEL) == ["order-1"]
     assert state.bodies[0]["test_event_code"] == "TEST9"
     assert client.graph_base.endswith("/v25.0")
+
+
+def test_the_request_on_the_wire_is_a_form_naming_the_connector(
+    client: GraphClient, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """What reaches Meta: a form body with data, token and proof; our name as User-Agent."""
+    sent: list[requests.PreparedRequest] = []
+    client.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request))
+    client.send_events(PIXEL, TOKEN, [EVENT], test_event_code="TEST9")
+    (request,) = sent
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert str(request.headers["User-Agent"]).startswith("capi-connector-")
+    raw = request.body
+    assert isinstance(raw, bytes)
+    fields = parse_qs(raw.decode("ascii"))
+    assert json.loads(fields["data"][0]) == [EVENT]
+    assert fields["access_token"] == [TOKEN]
+    assert fields["appsecret_proof"] == [appsecret_proof(TOKEN, "app-secret")]
+    assert graph[0].bodies[0]["data"] == [EVENT]
 
 
 def test_the_token_never_travels_in_the_url(

@@ -338,6 +338,50 @@ def test_events_outside_metas_window_are_dead_lettered_before_sending(
     assert state.calls == 1
 
 
+def _website_gaps(event_id: str, when: datetime) -> dict[str, Any]:
+    payload = meta_event(event_id, event_time=when)
+    if event_id == "gap-0":
+        del payload["user_data"]["client_user_agent"]
+    if event_id == "gap-1":
+        del payload["event_source_url"]
+    return payload
+
+
+def test_website_events_meta_would_refuse_are_dead_lettered_before_sending(
+    worker_runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """A website event without client_user_agent or event_source_url dies alone, unsent."""
+    state, _ = graph
+    conn_id = add_connection(worker_runtime)
+    good = add_events(worker_runtime, conn_id, 5, prefix="good-")
+    add_events(worker_runtime, conn_id, 2, prefix="gap-", payload=_website_gaps)
+    summary = drain(worker_runtime)
+    rows = events_by_id(worker_runtime)
+    assert summary["dead"] == 2
+    assert (rows["gap-0"].last_error or "").startswith("invalid:")
+    assert "client_user_agent" in (rows["gap-0"].last_error or "")
+    assert "event_source_url" in (rows["gap-1"].last_error or "")
+    assert {rows[g].send_count for g in ("gap-0", "gap-1")} == {0}
+    # No bisection: one request carried the good events.
+    assert sorted(state.event_ids()) == sorted(good)
+    assert state.calls == 1
+
+
+def test_a_pixel_id_no_request_can_carry_holds_the_connection(
+    worker_runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """A stored pixel id that is not digits holds the events for a reconnect; no crash loop."""
+    state, _ = graph
+    conn_id = add_connection(worker_runtime, pixel_id="12/../34")
+    add_events(worker_runtime, conn_id, 3)
+    assert drain(worker_runtime)["held"] == 3
+    conn = get_connection(worker_runtime, conn_id)
+    assert conn.status == ConnectionStatus.NEEDS_RECONNECT
+    assert "digits" in (conn.status_reason or "")
+    assert status_counts(worker_runtime) == {"held": 3}
+    assert state.calls == 0
+
+
 # -- holding ----------------------------------------------------------------------------
 
 
@@ -470,6 +514,28 @@ def test_rate_limits_back_off_the_whole_connection(
     )
     summary = drain(worker_runtime, clock=lambda: until + timedelta(seconds=1))
     assert summary["sent"] == 7
+
+
+@pytest.mark.parametrize(
+    ("status", "counted"),
+    [
+        pytest.param(400, 0, id="400-refused-before-processing"),
+        pytest.param(503, 1, id="503-may-have-been-processed"),
+    ],
+)
+def test_a_rate_limited_request_counts_as_a_send_only_when_meta_may_have_taken_it(
+    worker_runtime: Runtime,
+    graph: tuple[FakeGraph, LiveServer],
+    status: int,
+    counted: int,
+) -> None:
+    """send_count counts requests Meta may have processed; a 4xx refusal is not one."""
+    state, _ = graph
+    conn_id = add_connection(worker_runtime)
+    add_events(worker_runtime, conn_id, 3)
+    state.fail_next(1, "rate_limit", code=613, status=status)
+    assert drain(worker_runtime)["rate_limited"] == 3
+    assert {r.send_count for r in events_by_id(worker_runtime).values()} == {counted}
 
 
 def test_an_expired_lease_is_reclaimed_and_a_live_one_is_not(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -254,6 +255,29 @@ def test_full_connect_with_one_pixel_stores_the_long_lived_token_encrypted(
     for token in fake.tokens:
         assert token not in page
         assert token.encode() not in database_bytes(settings)
+
+
+def test_no_token_or_secret_reaches_a_log_line_even_at_debug(
+    browser: Browser,
+    runtime: Runtime,
+    settings: Settings,
+    fake: FakeMeta,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Graph's documented GETs carry secrets in the query; urllib3's request lines are redacted."""
+    conn_id = add_connection(runtime)
+    with caplog.at_level(logging.DEBUG):
+        rv = browser.connect(conn_id)
+    assert 200 == rv.status_code, text_of(rv)
+    # werkzeug's lines are the fake Meta's own access log, not the connector's.
+    lines = [r.getMessage() for r in caplog.records if r.name != "werkzeug"]
+    # The exchanges and reads were logged (so the check below means something) ...
+    assert any("oauth/access_token" in line for line in lines)
+    assert any("debug_token" in line for line in lines)
+    # ... without a token, a code, the proof or the app secret.
+    secrets_seen = [*fake.tokens, *fake.codes, fake.app_secret]
+    for line in lines:
+        assert not any(secret in line for secret in secrets_seen), line
 
 
 def test_several_pixels_are_offered_and_the_choice_is_stored(

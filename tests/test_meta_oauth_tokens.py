@@ -47,6 +47,38 @@ def settings(
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param(
+            '"GET /v25.0/debug_token?input_token=EAAX&access_token=1%7Cs&appsecret_proof=ab '
+            'HTTP/1.1" 200 10',
+            '"GET /v25.0/debug_token?input_token=[redacted]&access_token=[redacted]'
+            '&appsecret_proof=[redacted] HTTP/1.1" 200 10',
+            id="debug-token-line",
+        ),
+        pytest.param(
+            "/oauth/access_token?client_id=1&client_secret=s&code=AQx&redirect_uri=https",
+            "/oauth/access_token?client_id=1&client_secret=[redacted]&code=[redacted]"
+            "&redirect_uri=https",
+            id="code-exchange",
+        ),
+        pytest.param(
+            "?grant_type=fb_exchange_token&fb_exchange_token=EAAS",
+            "?grant_type=fb_exchange_token&fb_exchange_token=[redacted]",
+            id="long-lived-exchange",
+        ),
+        pytest.param(
+            "?fields=id,name&limit=100", "?fields=id,name&limit=100", id="no-secret"
+        ),
+        pytest.param("?zipcode=123", "?zipcode=123", id="only-whole-names"),
+    ],
+)
+def test_secret_query_values_are_redacted(text: str, expected: str) -> None:
+    """Every Graph parameter that carries a secret is hidden, the rest kept for debugging."""
+    assert meta_oauth.redact_query(text) == expected
+
+
 # -- what debug_token says, and what it means ------------------------------------------
 
 

@@ -85,6 +85,8 @@ class Fault:
     remaining: int
     code: int = 17
     seconds: float = 0.0
+    #: the HTTP status of a rate_limit answer (Graph uses 400, and 403 for some limits)
+    status: int = 400
 
 
 @dataclass
@@ -114,7 +116,13 @@ class FakeGraph:
     # -- steering ---------------------------------------------------------------------
 
     def fail_next(
-        self, n: int, kind: str, *, code: int = 17, seconds: float = 0.0
+        self,
+        n: int,
+        kind: str,
+        *,
+        code: int = 17,
+        seconds: float = 0.0,
+        status: int = 400,
     ) -> None:
         """Make the next ``n`` calls time out, answer 500, rate-limit, say 190, stall or undercount."""
         if kind not in {
@@ -129,7 +137,7 @@ class FakeGraph:
             raise ValueError(f"unknown fault {kind!r}")
         with self.lock:
             self._faults.append(
-                Fault(kind=kind, remaining=n, code=code, seconds=seconds)
+                Fault(kind=kind, remaining=n, code=code, seconds=seconds, status=status)
             )
 
     def fail_randomly(
@@ -452,7 +460,7 @@ def _play(state: FakeGraph, fault: Fault) -> Response | None:
         )
     if fault.kind == "rate_limit":
         return graph_error(
-            400,
+            fault.status,
             RATE_LIMIT_MESSAGES.get(fault.code, f"(#{fault.code}) rate limit reached"),
             code=fault.code,
             is_transient=True,

@@ -5,7 +5,7 @@ Routes (``{version}`` is any ``vNN.N``):
 - ``GET /{version}/dialog/oauth``: the login dialog. It "logs in" :attr:`FakeMeta.user` and
   redirects to ``redirect_uri`` with ``code`` and ``state`` (and Meta's ``#_=_`` fragment), or
   with ``error_reason=user_denied&error=access_denied&error_description=Permissions+error``.
-- ``GET|POST /{version}/oauth/access_token``: the code exchange (short-lived token) and
+- ``GET /{version}/oauth/access_token``: the code exchange (short-lived token) and
   ``grant_type=fb_exchange_token`` (long-lived token), answering
   ``{"access_token", "token_type": "bearer", "expires_in"}`` or an ``OAuthException``.
 - ``GET /{version}/debug_token``: ``{"data": {...}}`` with ``is_valid``, ``expires_at``,
@@ -13,9 +13,11 @@ Routes (``{version}`` is any ``vNN.N``):
 - ``GET /{version}/me/businesses``, ``/{business}/owned_pixels``, ``/me/adaccounts``,
   ``/{ad_account}/adspixels``: cursor-paged ``{"data": [...], "paging": {...}}``.
 
-Reads take the token from ``Authorization: Bearer`` or ``access_token`` and check
-``appsecret_proof`` (required when :attr:`FakeMeta.require_proof` is set), as an app with
-"Require App Secret" switched on does. :func:`blueprint` adds these routes to another fake
+Reads take the token from the ``access_token`` query parameter, as Graph's reference
+pages and the Business SDK send it, and check ``appsecret_proof`` (required when
+:attr:`FakeMeta.require_proof` is set), as an app with "Require App Secret" switched on does.
+Facebook Login's manual flow documents the token exchanges as GET with query parameters;
+that is all this fake takes. :func:`blueprint` adds these routes to another fake
 (the Graph events endpoint) so one server plays all of Meta.
 """
 
@@ -158,14 +160,10 @@ def _error(
 
 
 def _param(name: str) -> str:
-    return request.values.get(name, "")
+    return request.args.get(name, "")
 
 
-def _bearer() -> str:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() in {"bearer", "oauth"} and value:
-        return value.strip()
+def _caller_token() -> str:
     return _param("access_token")
 
 
@@ -235,7 +233,7 @@ def blueprint(state: FakeMeta) -> Blueprint:
             f"{redirect_uri}{sep}{urlencode({'code': code, 'state': nonce})}#_=_"
         )
 
-    @bp.route("/<version>/oauth/access_token", methods=["GET", "POST"])
+    @bp.get("/<version>/oauth/access_token")
     def access_token(version: str) -> Any:
         if _param("client_id") != state.app_id:
             return _error("Error validating application. Invalid application ID.", 101)
@@ -302,7 +300,7 @@ def blueprint(state: FakeMeta) -> Blueprint:
 
     @bp.get("/<version>/debug_token")
     def debug_token(version: str) -> Any:
-        caller = _bearer()
+        caller = _caller_token()
         if caller != f"{state.app_id}|{state.app_secret}":
             return _error("Invalid OAuth access token signature.", 190)
         refused = _check_proof(caller)
@@ -346,7 +344,7 @@ def blueprint(state: FakeMeta) -> Blueprint:
         return jsonify(data=data)
 
     def _user_token() -> TokenRecord | tuple[Response, int]:
-        token = _bearer()
+        token = _caller_token()
         if not token:
             return _error(
                 "An active access token must be used to query information about the current user.",
