@@ -97,6 +97,19 @@ def test_another_delivery_of_the_same_order_adds_no_event(
     assert 1 == count(runtime, Event)
 
 
+def test_a_changed_event_id_for_the_same_order_adds_no_event(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """One Purchase per order even when a later delivery carries another event_id."""
+    with runtime.sessions.begin() as session:
+        queries.record_delivery(session, receipt(connection_id, "a"), [purchase("1")])
+    later = purchase("pixel-event-9").replace(order_ref="1")
+    with runtime.sessions.begin() as session:
+        rv = queries.record_delivery(session, receipt(connection_id, "b"), [later])
+    assert [] == rv.new_events
+    assert 1 == count(runtime, Event)
+
+
 def test_fifty_concurrent_identical_deliveries(
     runtime: Runtime, connection_id: str
 ) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -153,6 +154,17 @@ class Event(Base):
             "event_name",
             "event_id",
             name="uq_events_connection_name_id",
+        ),
+        # One event of a kind per order even when its event_id changes between deliveries
+        # (WooCommerce's _meta_event_id can appear after the order was first seen paid).
+        Index(
+            "uq_events_connection_name_order",
+            "connection_id",
+            "event_name",
+            "order_ref",
+            unique=True,
+            postgresql_where=text("order_ref IS NOT NULL"),
+            sqlite_where=text("order_ref IS NOT NULL"),
         ),
         Index("ix_events_due", "status", "next_attempt_at"),
         Index("ix_events_connection_status", "connection_id", "status"),

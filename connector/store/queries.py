@@ -85,9 +85,8 @@ def _delivery_statements(dialect: str) -> tuple[Any, Any]:
     )
     add_events = (
         insert(outbox)
-        .on_conflict_do_nothing(
-            index_elements=["connection_id", "event_name", "event_id"]
-        )
+        # No conflict target: either unique key (event id, or order) makes a duplicate.
+        .on_conflict_do_nothing()
         .returning(outbox.c.event_name, outbox.c.event_id)
     )
     return add_receipt, add_events
@@ -113,7 +112,7 @@ _RECORD_DELIVERY_PG = text(
         FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS x(event_name text, event_id text,
             event_time timestamptz, payload json, order_ref text, customer_ref text)
         WHERE EXISTS (SELECT 1 FROM r)
-        ON CONFLICT (connection_id, event_name, event_id) DO NOTHING
+        ON CONFLICT DO NOTHING
         RETURNING event_name, event_id
     )
     SELECT (SELECT id FROM r), e.event_name, e.event_id FROM (SELECT 1) AS one LEFT JOIN e ON true
