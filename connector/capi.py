@@ -131,7 +131,7 @@ def event_problem(event: Mapping[str, Any]) -> str | None:
         if not user_data.get("client_user_agent"):
             return (
                 "a website event needs user_data.client_user_agent (the shopper's browser), "
-                "and the order carried none"
+                "and the store sent none"
             )
     return None
 
