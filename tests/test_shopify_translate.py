@@ -352,6 +352,26 @@ def test_decomposed_unicode_names_hash_like_composed_ones() -> None:
     assert (sha("léon"),) == first == second
 
 
+def test_each_address_phone_is_read_in_its_own_country() -> None:
+    """Billed to Germany, shipped to New York, customer at home in France: three countries.
+
+    "(212) 555-0123" would also pass as a German number and "06 12 34 56 78" as a US one:
+    each must get the country code of the address it was written on.
+    """
+    order = load("order_storefront")
+    order["phone"] = None
+    order["customer"]["phone"] = None
+    order["billing_address"].update(country_code="DE", phone="030 12345678")
+    order["shipping_address"].update(country_code="US", phone="(212) 555-0123")
+    order["customer"]["default_address"].update(
+        country_code="FR", phone="06 12 34 56 78"
+    )
+    event = only_event(handle("orders/paid", order))
+    assert [sha("493012345678"), sha("12125550123"), sha("33612345678")] == list(
+        event.user_data.ph
+    )
+
+
 def test_an_order_time_ahead_of_ours_is_clamped_to_now() -> None:
     """Meta refuses future events: a clock ahead of ours reads as now."""
     order = load("order_storefront")

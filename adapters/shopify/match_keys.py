@@ -7,7 +7,8 @@ first country is the default region for phone numbers, so billing comes first):
 |---------------------|-----------------------------------------------------------------------|
 | ``em``              | ``email``, ``contact_email``, ``customer.email``                      |
 | ``ph``              | ``phone``, ``customer.phone``, ``sms_marketing_phone``, billing,      |
-|                     | shipping and the customer's default address ``phone``                 |
+|                     | shipping and the customer's default address ``phone`` (each read with |
+|                     | its own address's ``country_code`` as the region)                     |
 | ``fn`` / ``ln``     | billing, shipping, ``customer`` and default address first/last names |
 | ``ct``/``st``/``zp``| ``city``, ``province_code``, ``zip`` of those addresses               |
 | ``country``         | ``country_code`` of those addresses                                   |
@@ -32,7 +33,7 @@ from typing import Any
 
 from adapters.shopify.fields import attribute, mapping, text
 from adapters.shopify.topics import shopify_id
-from connector.matching import build_fbc, fbclid_from_url
+from connector.matching import build_fbc, fbclid_from_url, normalize
 
 
 def raw_match_keys(resource: Mapping[str, Any], created_at: datetime) -> dict[str, Any]:
@@ -96,10 +97,30 @@ def _phones(resource: Mapping[str, Any]) -> list[str]:
         resource.get("phone"),
         customer.get("phone"),
         resource.get("sms_marketing_phone"),
-        mapping(resource.get("billing_address")).get("phone"),
-        mapping(resource.get("shipping_address")).get("phone"),
-        mapping(customer.get("default_address")).get("phone"),
+        _address_phone(resource.get("billing_address")),
+        _address_phone(resource.get("shipping_address")),
+        _address_phone(customer.get("default_address")),
     )
+
+
+def _address_phone(value: Any) -> str | None:
+    """An address's phone, read with that address's country as its region.
+
+    An order may bill to one country and ship to another; a national number on the
+    shipping address belongs to the shipping country. Left to ``connector.matching``
+    alone, it would be read with the first country of the order, and a US number would
+    pass as a valid German one. The number goes on in international form (``+`` and
+    Meta's digits), which reads the same whatever the default region.
+    """
+    address = mapping(value)
+    phone = text(address.get("phone"))
+    country = text(address.get("country_code"))
+    if phone is None or country is None:
+        return phone
+    normalized = normalize("ph", phone, country=country)
+    if normalized is not None and normalized.isascii() and normalized.isdigit():
+        return f"+{normalized}"
+    return phone
 
 
 def _unique(*values: Any) -> list[str]:
