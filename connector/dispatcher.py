@@ -6,7 +6,6 @@ only moves rows between states, in short transactions, right after each answer.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import random
@@ -24,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from connector import registry
+from connector import meta_oauth, registry
 from connector.capi import GraphClient, SendResult, event_problem
 from connector.errors import GraphError
 from connector.platform import PeriodicJob
@@ -525,7 +524,7 @@ def _clip(text: str, limit: int = 2000) -> str:
 
 
 def collect_periodic_jobs() -> list[PeriodicJob]:
-    """Every platform's periodic jobs, plus Meta's own when that module is installed."""
+    """Every platform's periodic jobs, plus Meta's token check."""
     jobs: list[PeriodicJob] = []
     try:
         adapters = registry.adapters()
@@ -539,17 +538,9 @@ def collect_periodic_jobs() -> list[PeriodicJob]:
         except Exception:
             log.exception("platform %s could not list its periodic jobs", name)
     try:
-        meta_oauth = importlib.import_module("connector.meta_oauth")
-    except ModuleNotFoundError as exc:
-        if exc.name != "connector.meta_oauth":
-            raise
-    else:
-        listed = getattr(meta_oauth, "periodic_jobs", None)
-        if listed is not None:
-            try:
-                jobs.extend(listed())
-            except Exception:
-                log.exception("Meta's periodic jobs could not be listed")
+        jobs.extend(meta_oauth.periodic_jobs())
+    except Exception:
+        log.exception("Meta's periodic jobs could not be listed")
     return jobs
 
 
