@@ -45,6 +45,9 @@ shipping included) at the time of purchase.
 |                                          | a browser checkout (it has a landing     |
 |                                          | site or a user agent), else ``other``    |
 
+A ``website`` event needs the shopper's user agent (``client_details.user_agent``): Meta
+refuses website events without one, so such an order or checkout is sent as ``other``.
+
 ``event_source_url`` (website events only): the page where the pixel fires the same
 event. For a Purchase that is the order status ("thank you") page, ``order_status_url``
 without its query (which carries an access key); for an InitiateCheckout the checkout
@@ -77,6 +80,7 @@ from connector.events import (
     CanonicalEvent,
     Content,
     CustomData,
+    UserData,
 )
 from connector.matching import user_data
 from connector.platform import ConnectionInfo, Outcome
@@ -160,7 +164,7 @@ def translate_order(
     if not user.has_identifier():
         return skip("no customer identifier in the order (all redacted or missing)")
     contents, num_items = _contents(order, prices, conn.settings)
-    source = _action_source(order)
+    source = _deliverable(_action_source(order), user)
     event = CanonicalEvent(
         event_name=PURCHASE,
         event_id=order_id,
@@ -216,7 +220,7 @@ def translate_checkout(
         return skip("no customer identifier in the checkout (all redacted or missing)")
     prices = _Prices.of(checkout)
     contents, num_items = _contents(checkout, prices, conn.settings)
-    source = _action_source(checkout)
+    source = _deliverable(_action_source(checkout), user)
     event = CanonicalEvent(
         event_name=INITIATE_CHECKOUT,
         event_id=token,
@@ -364,6 +368,17 @@ def _action_source(resource: Mapping[str, Any]) -> ActionSource:
         mapping(resource.get("client_details")).get("user_agent")
     )
     return "website" if browser else "other"
+
+
+def _deliverable(source: ActionSource, user: UserData) -> ActionSource:
+    """Meta refuses a website event without the shopper's user agent: send it as ``other``.
+
+    Shopify leaves ``client_details.user_agent`` empty on some web orders and on checkouts;
+    such an event is still worth sending, only not as a browser event.
+    """
+    if source == "website" and not user.client_user_agent:
+        return "other"
+    return source
 
 
 def _page_url(value: Any, store: str) -> str:
