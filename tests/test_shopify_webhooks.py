@@ -441,6 +441,19 @@ def test_an_unknown_shop_is_refused_except_for_lifecycle_topics(
     assert ([], []) == (events(runtime), receipts(runtime))
 
 
+@pytest.mark.parametrize(
+    "topic",
+    ["app/uninstalled", "shop/redact", "customers/redact", "customers/data_request"],
+)
+def test_a_forged_compliance_webhook_is_refused_even_for_an_unknown_shop(
+    deliver: Deliver, runtime: Runtime, topic: str
+) -> None:
+    """Shopify's review expects 401 for a compliance webhook whose HMAC does not match."""
+    rv = deliver(topic, BODY, secret="not-the-app-secret")
+    assert 401 == rv.status_code
+    assert ([], []) == (events(runtime), receipts(runtime))
+
+
 def test_app_uninstalled_stops_the_shop(
     deliver: Deliver, runtime: Runtime, shop: str
 ) -> None:
