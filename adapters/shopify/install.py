@@ -344,6 +344,9 @@ def reconcile(runtime: Runtime, *, now: datetime) -> ReconcileReport:
             for c in conns
             if (c.settings or {}).get(SETTINGS_APP) and c.platform_token
         ]
+    if not targets:
+        # Nothing installed through the app (and perhaps no app configured): nothing to do.
+        return report
     with ShopifyAdmin.from_settings(runtime.settings) as admin:
         for conn_id in targets:
             try:
