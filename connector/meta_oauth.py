@@ -734,7 +734,14 @@ def purge_states(session: Session, now: datetime) -> int:
 
 def _run_token_check(runtime: Runtime) -> None:
     now = datetime.now(UTC)
-    check_tokens(runtime, now=now)
+    settings = runtime.settings
+    if settings.meta_app_id and settings.meta_app_secret:
+        check_tokens(runtime, now=now)
+    else:
+        # debug_token needs the app's own token; tokens pasted by hand still work without it.
+        log.info(
+            "meta token check skipped: META_APP_ID and META_APP_SECRET are not set"
+        )
     with runtime.sessions.begin() as session:
         purge_states(session, now)
 
