@@ -21,6 +21,7 @@ from connector.config import load_settings
 from connector.crypto import generate_key, keyring
 from connector.errors import ConnectorError, GraphError
 from connector.events import PURCHASE, CanonicalEvent, CustomData, UserData
+from connector.registry import get_adapter
 from connector.retry import check_event_time
 from connector.runtime import Runtime
 from connector.store import queries
@@ -379,6 +380,9 @@ def connections_set(
                 settings.pop(key, None)
             else:
                 settings[key] = value
+        problems = get_adapter(conn.platform).settings_problems(settings)
+        if problems:
+            raise click.UsageError("; ".join(problems))
         # A new dict, so the JSON column sees the change.
         conn.settings = settings
     click.echo(json.dumps(settings, indent=2, sort_keys=True))

@@ -151,6 +151,9 @@ class Adapter(Protocol):
             PayloadError: the body is not a payload this topic can carry.
         """
 
+    def settings_problems(self, settings: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a connection's settings, in words a person can act on."""
+
     def periodic_jobs(self) -> Sequence[PeriodicJob]:
         """Background work the worker runs for this platform."""
 

@@ -55,6 +55,29 @@ def test_set_reads_json_and_text_and_removes_empty(
     } == stored
 
 
+def test_set_refuses_a_value_the_platform_does_not_know(
+    runtime: Runtime, settings: Settings, encryption_key: str
+) -> None:
+    """A typo in a setting is refused with the platform's words, and nothing changes."""
+    added = run_cli(
+        settings,
+        [encryption_key],
+        "connections",
+        "add",
+        "shopify",
+        "--shop",
+        "typo.myshopify.com",
+    )
+    conn_id = added.output.strip().splitlines()[-1]
+    result = run_cli(
+        settings, [encryption_key], "connections", "set", conn_id, "purchase_on=paidd"
+    )
+    assert 2 == result.exit_code
+    assert "purchase_on must be one of" in result.output
+    with runtime.sessions() as session:
+        assert {} == queries.get_connection(session, conn_id).settings
+
+
 def test_set_on_an_unknown_connection_is_a_clear_error(
     runtime: Runtime, settings: Settings, encryption_key: str
 ) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from adapters.shopify import envelope, signature, topics
+from adapters.shopify import envelope, signature, topics, translate
 from adapters.shopify.translate import translate_checkout, translate_order
 from connector.platform import (
     ConnectionInfo,
@@ -83,6 +83,9 @@ class ShopifyAdapter:
         if topic in topics.LIFECYCLE_TOPICS:
             return topics.handle_lifecycle(topic, payload)
         return Outcome(skipped=f"unhandled topic {topic}")
+
+    def settings_problems(self, settings: Mapping[str, Any]) -> list[str]:
+        return translate.settings_problems(settings)
 
     def periodic_jobs(self) -> Sequence[PeriodicJob]:
         """The install module's jobs (webhook reconciliation, token refresh)."""

@@ -115,6 +115,9 @@ class WooCommerceAdapter:
                 order_ref=ref or None,
             )
 
+    def settings_problems(self, settings: Mapping[str, Any]) -> list[str]:
+        return translate.settings_problems(settings)
+
     def periodic_jobs(self) -> Sequence[PeriodicJob]:
         """Finish webhook setup for stores whose first attempt failed; re-check daily."""
         from adapters.woocommerce.connect import periodic_jobs

@@ -227,6 +227,43 @@ def delivery_key(payload: Any) -> str:
     return f"{order_id}:{status}:{modified}:{digest}"[:255]
 
 
+def settings_problems(settings: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a connection's translation settings, for people to fix."""
+    problems: list[str] = []
+    for name in CONTENT_ID_SETTINGS:
+        value = settings.get(name)
+        if value is None:
+            continue
+        known = isinstance(value, str) and (
+            _CONTENT_ID_ALIASES.get(value.strip().lower(), value.strip().lower())
+            in CONTENT_ID_FORMATS
+        )
+        if not known:
+            problems.append(
+                f"{name} must be one of {', '.join(CONTENT_ID_FORMATS)} (or variant)"
+            )
+    if "on_hold_is_paid" in settings and not isinstance(
+        settings["on_hold_is_paid"], bool
+    ):
+        problems.append("on_hold_is_paid must be true or false")
+    overrides = settings.get("action_sources")
+    if overrides is not None:
+        if not isinstance(overrides, Mapping):
+            problems.append(
+                "action_sources must be an object {created_via: action_source}"
+            )
+        else:
+            wrong = sorted(
+                str(k) for k, v in overrides.items() if v not in _ACTION_SOURCES
+            )
+            if wrong:
+                problems.append(
+                    f"action_sources for {', '.join(wrong)} must be one of "
+                    f"{', '.join(sorted(_ACTION_SOURCES))}"
+                )
+    return problems
+
+
 def content_id_format(settings: Mapping[str, Any]) -> str:
     """The connection's ``content_id`` setting, ``"id"`` when unset or unknown."""
     for name in CONTENT_ID_SETTINGS:
