@@ -11,7 +11,7 @@ import hmac
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlencode
 
 import requests
@@ -19,25 +19,14 @@ import requests
 from connector import __version__
 from connector.config import Settings
 from connector.errors import GraphError
+from connector.events import ActionSource
 
 #: Meta takes at most this many events in one request's ``data`` array
 MAX_EVENTS_PER_REQUEST = 1000
 #: names the integration in Meta's diagnostics (the ``partner_agent`` main-body parameter)
 PARTNER_AGENT = f"capi-connector-{__version__}"
 #: the ``action_source`` values Meta's server-event parameters page lists
-ACTION_SOURCES = frozenset(
-    {
-        "email",
-        "website",
-        "app",
-        "phone_call",
-        "chat",
-        "physical_store",
-        "system_generated",
-        "business_messaging",
-        "other",
-    }
-)
+ACTION_SOURCES = frozenset(get_args(ActionSource))
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
