@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from connector.cli import cli
 from connector.config import Settings
 from connector.runtime import Runtime
 from connector.store import queries
 from tests.test_secrets_at_rest import run_cli
+
+
+def invoke(settings: Settings, key: str, *args: str) -> Result:
+    """Run the CLI as a user would: errors become messages and exit codes."""
+    env = {
+        "DATABASE_URL": settings.database_url,
+        "CONNECTOR_ENCRYPTION_KEYS": key,
+        "CONNECTOR_INSTANCE_PATH": str(settings.instance_path),
+        "SECRET_KEY": "x",
+    }
+    return CliRunner().invoke(cli, list(args), env=env)
 
 
 def test_set_reads_json_and_text_and_removes_empty(
@@ -82,16 +93,7 @@ def test_set_on_an_unknown_connection_is_a_clear_error(
     runtime: Runtime, settings: Settings, encryption_key: str
 ) -> None:
     """An unknown id is a message and exit status 1."""
-    result = CliRunner().invoke(
-        cli,
-        ["connections", "set", "nope", "a=1"],
-        env={
-            "DATABASE_URL": settings.database_url,
-            "CONNECTOR_ENCRYPTION_KEYS": encryption_key,
-            "CONNECTOR_INSTANCE_PATH": str(settings.instance_path),
-            "SECRET_KEY": "x",
-        },
-    )
+    result = invoke(settings, encryption_key, "connections", "set", "nope", "a=1")
     assert 1 == result.exit_code
     assert "no connection nope" in result.output
 
@@ -100,15 +102,14 @@ def test_add_refuses_a_malformed_shop(
     settings: Settings, encryption_key: str, runtime: Runtime
 ) -> None:
     """Only NAME.myshopify.com is a shop domain."""
-    result = CliRunner().invoke(
-        cli,
-        ["connections", "add", "shopify", "--shop", "evil.example.com"],
-        env={
-            "DATABASE_URL": settings.database_url,
-            "CONNECTOR_ENCRYPTION_KEYS": encryption_key,
-            "CONNECTOR_INSTANCE_PATH": str(settings.instance_path),
-            "SECRET_KEY": "x",
-        },
+    result = invoke(
+        settings,
+        encryption_key,
+        "connections",
+        "add",
+        "shopify",
+        "--shop",
+        "evil.example.com",
     )
     assert 2 == result.exit_code
     assert "myshopify.com" in result.output
