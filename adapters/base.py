@@ -12,6 +12,7 @@ from connector.platform import (
     PeriodicJob,
     RedactCustomer,
     RedactStore,
+    ScopesUpdated,
     Uninstalled,
     WebhookRequest,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "PeriodicJob",
     "RedactCustomer",
     "RedactStore",
+    "ScopesUpdated",
     "Uninstalled",
     "WebhookRequest",
 ]

@@ -86,7 +86,14 @@ class DataRequest:
     request_ref: str | None = None
 
 
-Action = Uninstalled | RedactCustomer | RedactStore | DataRequest
+@dataclass(frozen=True, kw_only=True)
+class ScopesUpdated:
+    """The store owner changed what the app may access: record the scopes now granted."""
+
+    scopes: tuple[str, ...]
+
+
+Action = Uninstalled | RedactCustomer | RedactStore | DataRequest | ScopesUpdated
 
 
 @dataclass(frozen=True, kw_only=True)

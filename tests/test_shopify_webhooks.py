@@ -608,3 +608,38 @@ def test_no_delivery_gets_a_500(
     sent.update(noise)
     rv = fuzz_client.post("/webhooks/shopify", data=body, headers=sent)
     assert rv.status_code < 500, rv.get_data(as_text=True)
+
+
+def test_scopes_update_records_what_the_shop_now_grants(
+    deliver: Deliver, runtime: Runtime, shop: str
+) -> None:
+    """app/scopes_update stores the current scopes on the connection and makes no event."""
+    body = json.dumps(
+        {
+            "id": 1,
+            "previous": ["read_orders"],
+            "current": ["read_orders", "read_customers"],
+            "updated_at": "2026-11-20T10:00:00.000Z",
+            "created_at": "2026-11-01T10:00:00.000Z",
+        }
+    ).encode()
+    rv = deliver("app/scopes_update", body)
+    assert {"status": "action", "new_events": 0} == rv.get_json()
+    with runtime.sessions() as session:
+        conn = session.get(Connection, shop)
+        assert conn is not None
+        assert "read_orders,read_customers" == conn.scopes
+    assert [] == events(runtime)
+
+
+def test_a_malformed_scopes_update_is_a_400(
+    deliver: Deliver, runtime: Runtime, shop: str
+) -> None:
+    """A scopes update without a current list is refused and changes nothing."""
+    assert (
+        400 == deliver("app/scopes_update", b'{"current": "read_orders"}').status_code
+    )
+    with runtime.sessions() as session:
+        conn = session.get(Connection, shop)
+        assert conn is not None
+        assert conn.scopes is None

@@ -82,6 +82,8 @@ class ShopifyAdapter:
             return translate_checkout(topic, payload, conn, now)
         if topic in topics.LIFECYCLE_TOPICS:
             return topics.handle_lifecycle(topic, payload)
+        if topic == topics.APP_SCOPES_UPDATE:
+            return topics.scopes_update(payload)
         return Outcome(skipped=f"unhandled topic {topic}")
 
     def settings_problems(self, settings: Mapping[str, Any]) -> list[str]:

@@ -7,6 +7,7 @@
 | ``checkouts/create``      | an InitiateCheckout                                          |
 | ``checkouts/update``      | an InitiateCheckout once the checkout has an email or phone  |
 | ``app/uninstalled``       | Uninstalled: forget the shop's token, stop sending           |
+| ``app/scopes_update``     | ScopesUpdated: record the scopes the shop now grants         |
 | ``customers/data_request``| DataRequest: report what is held for the customer            |
 | ``customers/redact``      | RedactCustomer: delete the customer's events and receipts    |
 | ``shop/redact``           | RedactStore: delete everything held for the shop             |
@@ -28,6 +29,7 @@ from connector.platform import (
     Outcome,
     RedactCustomer,
     RedactStore,
+    ScopesUpdated,
     Uninstalled,
 )
 
@@ -36,6 +38,7 @@ ORDERS_PAID: Final = "orders/paid"
 CHECKOUTS_CREATE: Final = "checkouts/create"
 CHECKOUTS_UPDATE: Final = "checkouts/update"
 APP_UNINSTALLED: Final = "app/uninstalled"
+APP_SCOPES_UPDATE: Final = "app/scopes_update"
 CUSTOMERS_DATA_REQUEST: Final = "customers/data_request"
 CUSTOMERS_REDACT: Final = "customers/redact"
 SHOP_REDACT: Final = "shop/redact"
@@ -103,6 +106,22 @@ def handle_lifecycle(topic: str, payload: Any) -> Outcome:
             customer_ref=customer_ref,
         )
     raise ValueError(f"{topic} is not a lifecycle topic")
+
+
+def scopes_update(payload: Any) -> Outcome:
+    """``app/scopes_update``: ``{"previous": [...], "current": [...]}``, the scopes now granted.
+
+    Raises:
+        PayloadError: the payload is not an object with a ``current`` list of scopes.
+    """
+    current = payload.get("current") if isinstance(payload, Mapping) else None
+    if not isinstance(current, list) or not all(isinstance(s, str) for s in current):
+        raise PayloadError(
+            "an app/scopes_update payload carries a current list of scopes"
+        )
+    return Outcome(
+        action=ScopesUpdated(scopes=tuple(dict.fromkeys(s.strip() for s in current)))
+    )
 
 
 def _ids(value: Any) -> tuple[str, ...]:

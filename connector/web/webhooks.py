@@ -22,6 +22,7 @@ from connector.platform import (
     DataRequest,
     RedactCustomer,
     RedactStore,
+    ScopesUpdated,
     Uninstalled,
     WebhookRequest,
 )
@@ -232,6 +233,12 @@ def _apply_action(
         )
     elif isinstance(action, RedactStore):
         queries.redact_store(session, target.id)
+    elif isinstance(action, ScopesUpdated):
+        session.execute(
+            update(Connection)
+            .where(Connection.id == target.id)
+            .values(scopes=",".join(action.scopes), updated_at=now)
+        )
     elif isinstance(action, DataRequest):
         report = queries.customer_report(
             session, target.id, action.customer_ref, action.order_refs
