@@ -6,7 +6,10 @@ import ipaddress
 import re
 from urllib.parse import urlsplit, urlunsplit
 
-SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]*\.myshopify\.com$")
+#: a DNS label is at most 63 characters
+SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.myshopify\.com$")
+#: what the database keeps of a store's identity
+MAX_STORE_LENGTH = 255
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -21,6 +24,8 @@ def normalize_shop_domain(shop: str) -> str:
 def normalize_store_url(url: str, *, require_https: bool = True) -> str:
     """A store's base URL: http(s), a public host name, no credentials, query or odd port."""
     url = url.strip()
+    if len(url) > MAX_STORE_LENGTH or not url.isprintable():
+        raise ValueError("the store URL is too long or holds control characters")
     parts = urlsplit(url)
     allowed = {"https"} if require_https else {"https", "http"}
     if parts.scheme.lower() not in allowed:

@@ -20,7 +20,13 @@ class ConnectorError(Exception):
 
 
 class ConfigError(ConnectorError):
-    """The configuration is not usable; the connector refuses to start."""
+    """The configuration is not usable; the connector refuses to start.
+
+    Raised while serving a request (a feature whose credentials are not set), it is a 503:
+    the service is there, that part of it is not available.
+    """
+
+    http_status = 503
 
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)

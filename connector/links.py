@@ -26,7 +26,11 @@ def verify_admin_link(
 ) -> bool:
     """True when ``token`` was signed for ``connection_id`` and has not expired."""
     expires_s, _, mac = token.partition(".")
-    if not expires_s.isdigit() or not mac:
+    # ASCII digits only, and no more than a timestamp needs: "²".isdigit() is True too.
+    if (
+        not (expires_s.isascii() and expires_s.isdigit() and len(expires_s) <= 12)
+        or not mac
+    ):
         return False
     expires = int(expires_s)
     if expires < now.timestamp():

@@ -42,7 +42,7 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
 from adapters.woocommerce.rest import WooCommerceClient
-from connector.domains import normalize_store_url
+from connector.domains import MAX_STORE_LENGTH, normalize_store_url
 from connector.errors import PlatformError
 from connector.links import sign_admin_link
 from connector.platform import PeriodicJob
@@ -81,6 +81,8 @@ def validate_store_url(url: str, *, allow_insecure: bool) -> str:
     if not allow_insecure:
         return normalize_store_url(url)
     url = url.strip()
+    if len(url) > MAX_STORE_LENGTH or not url.isprintable():
+        raise ValueError("the store URL is too long or holds control characters")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in {"http", "https"}:
@@ -342,7 +344,10 @@ def connect() -> BaseResponse:
 
 @bp.post("/woocommerce/callback")
 def callback() -> Response:
-    data = request.get_json(force=True, silent=True)
+    try:
+        data = request.get_json(force=True, silent=True)
+    except RecursionError:  # nested past the parser's limit: not what WooCommerce sends
+        data = None
     if not isinstance(data, dict):
         abort(400, description="the body is not the JSON object WooCommerce sends")
     state = data.get("user_id")

@@ -46,7 +46,12 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def handle_http_error(exc: HTTPException) -> Response:
-        return render(exc.code or 500, exc.name, exc.description or exc.name)
+        rv = render(exc.code or 500, exc.name, exc.description or exc.name)
+        # e.g. Allow on a 405, which RFC 9110 requires; our body keeps its own content type.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                rv.headers[name] = value
+        return rv
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Response:

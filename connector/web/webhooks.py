@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,16 +36,43 @@ log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
 
+#: JSON escapes no platform sends in real data: NUL, and (possibly unpaired) surrogates
+_SUSPECT_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
 def parse_json(body: bytes) -> Any:
-    """The body as JSON, or PayloadError (400)."""
+    """The body as JSON, or PayloadError (400).
+
+    Text the database cannot store is refused here too: NUL characters (PostgreSQL text) and
+    unpaired surrogates (not UTF-8). The check only runs when such an escape appears at all.
+    """
     try:
-        return json.loads(body)
+        payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError("the body is not valid JSON") from exc
     except (
         RecursionError
     ) as exc:  # thousands of nested brackets: no platform sends that
         raise PayloadError("the body is nested too deeply") from exc
+    if _SUSPECT_ESCAPES.search(body):
+        try:
+            text = json.dumps(payload, ensure_ascii=False)
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PayloadError("the body holds an unpaired UTF-16 surrogate") from exc
+        if _holds_nul(payload):
+            raise PayloadError("the body holds a NUL character")
+    return payload
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 @bp.post("/webhooks/<platform>")
@@ -198,6 +226,7 @@ _TARGET = select(
     _c.test_event_code,
     _c.webhook_secret,
 )
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BY_ID = _TARGET.where(_c.id == bindparam("key"), _c.platform == bindparam("platform"))
 _BY_STORE = _TARGET.where(
     _c.store == bindparam("key"), _c.platform == bindparam("platform")
@@ -208,6 +237,8 @@ def _find_connection(
     db: DBConnection, platform: str, connection_id: str | None, store: str | None
 ) -> _Target | None:
     if connection_id is not None:
+        if not _CONNECTION_ID.fullmatch(connection_id):
+            return None  # not an id this connector makes (a NUL would upset PostgreSQL)
         row = db.execute(_BY_ID, {"key": connection_id, "platform": platform}).first()
     elif store:
         row = db.execute(_BY_STORE, {"key": store, "platform": platform}).first()
