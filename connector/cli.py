@@ -302,8 +302,11 @@ def _add(
         changes["test_event_code"] = test_event_code
     with runtime.sessions.begin() as session:
         conn = queries.upsert_connection(session, platform, store, **changes)
+        # A new token clears a needs_reconnect; a pixel given at last lets held events go.
         if meta_token is not None:
             queries.reactivate(session, conn)
+        else:
+            queries.release_held(session, conn)
         conn_id = conn.id
     click.echo(f"connected {platform} store {store}")
     click.echo(conn_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 #: a DNS label is at most 63 characters
 SHOP_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\.myshopify\.com$")
@@ -45,6 +45,8 @@ def normalize_store_url(url: str, *, require_https: bool = True) -> str:
     if parts.query or parts.fragment:
         raise ValueError("the store URL must not have a query or fragment")
     path = parts.path.rstrip("/")
+    if not unquote(path).isprintable():
+        raise ValueError("the store URL's path holds control characters")
     return urlunsplit((parts.scheme.lower(), host, path, "", ""))
 
 

@@ -22,11 +22,12 @@ class ConnectorError(Exception):
 class ConfigError(ConnectorError):
     """The configuration is not usable; the connector refuses to start.
 
-    Raised while serving a request (a feature whose credentials are not set), it is a 503:
-    the service is there, that part of it is not available.
+    Raised while serving a request, it means a feature whose credentials are not set (the
+    Shopify app on a WooCommerce-only deployment, say): for the outside world that route is
+    not here, a 404, and nothing for the error log.
     """
 
-    http_status = 503
+    http_status = 404
 
     def __init__(self, problems: list[str] | str) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)

@@ -726,3 +726,73 @@ def test_cli_options_are_documented(connector: Run) -> None:
     listed = connector("events", "list", "--help").stdout
     for option in ("--status", "--connection", "--limit", "--json"):
         assert option in listed
+
+
+def test_a_pixel_given_later_releases_the_events_held_for_lack_of_one(
+    connector: Any, web: Any, graph: Any
+) -> None:
+    """`connections add --pixel-id` sends the events held while the pixel was missing."""
+    graph.state.tokens.add("tok-pix-later")
+    store = "https://pixel-later.example"
+    cid = connection_id(
+        connector(
+            "connections",
+            "add",
+            "woocommerce",
+            "--store-url",
+            store,
+            "--webhook-secret",
+            "s3",
+            "--meta-token",
+            "tok-pix-later",
+        )
+    )
+    rv = post_woo(
+        web, cid, "order.updated", fresh("woocommerce/order-processing.json"), "s3"
+    )
+    assert 1 == rv.json()["new_events"]
+    drain(connector)
+    assert "held" == events_list(connector, cid)[0]["status"]
+    connector(
+        "connections",
+        "add",
+        "woocommerce",
+        "--store-url",
+        store,
+        "--pixel-id",
+        "7770000001",
+    )
+    drain(connector)
+    assert [("Purchase", "727")] == graph.received("7770000001")
+
+
+def test_re_adding_an_uninstalled_shop_clears_the_uninstall_and_sends_what_it_held(
+    connector: Any, web: Any, graph: Any
+) -> None:
+    """Re-adding an uninstalled shop makes it active again and sends the events it held."""
+    shop = "reinstall.myshopify.com"
+    graph.state.tokens.add("tok-reinstall")
+    cid = connection_id(
+        connector(
+            "connections",
+            "add",
+            "shopify",
+            "--shop",
+            shop,
+            "--pixel-id",
+            "7770000002",
+            "--meta-token",
+            "tok-reinstall",
+        )
+    )
+    order = fresh("shopify/order_storefront.json")
+    assert 1 == post_shopify(web, "orders/paid", order, shop).json()["new_events"]
+    uninstall = fresh("shopify/app_uninstalled.json")
+    assert 200 == post_shopify(web, "app/uninstalled", uninstall, shop).status_code
+    connector(
+        "connections", "add", "shopify", "--shop", shop, "--access-token", "shpat_new"
+    )
+    row = connection_row(connector, cid)
+    assert ("active", None) == (row["status"], row["status_reason"])
+    drain(connector)
+    assert [("Purchase", "5012345678901234567")] == graph.received("7770000002")

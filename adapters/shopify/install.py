@@ -201,6 +201,8 @@ def store_grant(
         if conn.status == ConnectionStatus.ACTIVE:
             conn.status_reason = None
         conn.settings = {**(conn.settings or {}), SETTINGS_APP: True}
+        # A reinstall: what the uninstall held can go again (if Meta is connected).
+        queries.release_held(s, conn)
         if not oauth.granted_all(grant.scopes, runtime.settings.shopify_scopes):
             log.warning("shop %s granted fewer scopes than requested", shop)
         return conn.id

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from html import escape
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
 
 from flask import Blueprint, Response, abort, jsonify, redirect, request, session
 from sqlalchemy import select
@@ -97,6 +97,8 @@ def validate_store_url(url: str, *, allow_insecure: bool) -> str:
         raise ValueError("the store URL must name a host")
     if parts.query or parts.fragment:
         raise ValueError("the store URL must not have a query or fragment")
+    if not unquote(parts.path).isprintable():
+        raise ValueError("the store URL's path holds control characters")
     return urlunsplit((scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
 
 

@@ -267,7 +267,9 @@ def upsert_connection(
     for name, value in fields.items():
         setattr(conn, name, value)
     if conn.status == ConnectionStatus.UNINSTALLED:
+        # Connected again (a reinstall, or added by hand): the uninstall no longer applies.
         conn.status = ConnectionStatus.ACTIVE
+        conn.status_reason = None
         conn.uninstalled_at = None
         conn.installed_at = utcnow()
     session.flush()
@@ -454,12 +456,16 @@ def consume_state(
     return state
 
 
-def reactivate(session: Session, conn: Connection) -> int:
-    """A fresh Meta token: the connection sends again and its held events go back to pending."""
-    if conn.status in (ConnectionStatus.NEEDS_RECONNECT, ConnectionStatus.DISCONNECTED):
-        conn.status = ConnectionStatus.ACTIVE
-        conn.status_reason = None
-    if conn.status != ConnectionStatus.ACTIVE:
+def release_held(session: Session, conn: Connection) -> int:
+    """Held events go back to pending once the connection can send: active, pixel and token.
+
+    Until then they stay held: releasing them would only have the worker hold them again.
+    """
+    if (
+        conn.status != ConnectionStatus.ACTIVE
+        or not conn.pixel_id
+        or not conn.meta_token
+    ):
         return 0
     result = session.execute(
         update(Event)
@@ -467,3 +473,11 @@ def reactivate(session: Session, conn: Connection) -> int:
         .values(status=EventStatus.PENDING, next_attempt_at=utcnow(), lease_owner=None)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+def reactivate(session: Session, conn: Connection) -> int:
+    """A fresh Meta token: the connection sends again and its held events go back to pending."""
+    if conn.status in (ConnectionStatus.NEEDS_RECONNECT, ConnectionStatus.DISCONNECTED):
+        conn.status = ConnectionStatus.ACTIVE
+        conn.status_reason = None
+    return release_held(session, conn)
