@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from connector import registry
 from connector.config import Settings, load_settings
@@ -37,6 +38,15 @@ def create_app(
     from connector.web import meta as meta_routes
 
     errors.init_app(app)
+
+    @app.before_request
+    def refuse_large_bodies() -> None:
+        # Werkzeug refuses a large body only when a handler reads it; refuse it up front, so
+        # every route answers 413 the same way, whatever it reads first.
+        length = request.content_length
+        if length is not None and length > MAX_BODY_BYTES:
+            raise RequestEntityTooLarge()
+
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
