@@ -56,6 +56,7 @@ class ConnectionInfo:
     platform: str
     store: str
     settings: Mapping[str, Any] = field(default_factory=dict)
+    #: the connection has a test_event_code: its events show under Test Events in Meta
     test_mode: bool = False
 
 

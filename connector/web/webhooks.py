@@ -137,7 +137,8 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
             platform=target.platform,
             store=target.store,
             settings=settings,
-            test_mode=bool(target.test_event_code) or bool(settings.get("test_mode")),
+            # Test mode is having a test_event_code: a test order must never reach Meta as real.
+            test_mode=bool(target.test_event_code),
         )
         outcome = adapter.handle(envelope.topic, payload, info, now)
         outcome_name = (
