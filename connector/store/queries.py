@@ -289,10 +289,9 @@ def mark_uninstalled(
     conn.platform_refresh_token_expires_at = None
     session.execute(
         update(Event)
-        .where(
-            Event.connection_id == conn.id,
-            Event.status.in_([EventStatus.PENDING, EventStatus.SENDING]),
-        )
+        # Rows a worker is sending now are left to it: it records Meta's answer, and the
+        # worker holds the connection's rows from its next claim on.
+        .where(Event.connection_id == conn.id, Event.status == EventStatus.PENDING)
         .values(status=EventStatus.HELD, last_error="held: the app was uninstalled")
     )
 
