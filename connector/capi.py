@@ -15,6 +15,7 @@ from typing import Any, get_args
 from urllib.parse import urlencode
 
 import requests
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from connector import __version__
 from connector.config import Settings
@@ -28,6 +29,14 @@ PARTNER_AGENT = f"capi-connector-{__version__}"
 #: the ``action_source`` values Meta's server-event parameters page lists
 ACTION_SOURCES = frozenset(get_args(ActionSource))
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+
+
+def _never_connected(exc: requests.RequestException) -> bool:
+    """True when no connection was made (refused, DNS), so nothing can have reached Meta."""
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError | NameResolutionError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -243,13 +252,21 @@ class GraphClient:
                 headers={"Content-Type": FORM_CONTENT_TYPE},
                 timeout=self.timeout,
             )
+        except requests.ConnectTimeout as exc:
+            raise GraphError(
+                "could not reach Meta: ConnectTimeout",
+                is_transient=True,
+                may_have_reached=False,
+            ) from exc
         except requests.Timeout as exc:
             raise GraphError(
                 f"Meta did not answer within {self.timeout:g} s", is_transient=True
             ) from exc
         except requests.RequestException as exc:
             raise GraphError(
-                f"could not reach Meta: {type(exc).__name__}", is_transient=True
+                f"could not reach Meta: {type(exc).__name__}",
+                is_transient=True,
+                may_have_reached=not _never_connected(exc),
             ) from exc
         rv = parse_response(resp.status_code, resp.content)
         if isinstance(rv, GraphError):

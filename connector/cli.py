@@ -302,8 +302,9 @@ def _add(
         changes["test_event_code"] = test_event_code
     with runtime.sessions.begin() as session:
         conn = queries.upsert_connection(session, platform, store, **changes)
-        # A new token clears a needs_reconnect; a pixel given at last lets held events go.
-        if meta_token is not None:
+        # New Meta settings by hand (a token, or the right pixel) clear a needs_reconnect and
+        # let held events go; if Meta still refuses, the worker holds them again.
+        if meta_token is not None or pixel_id is not None:
             queries.reactivate(session, conn)
         else:
             queries.release_held(session, conn)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import Table, and_, case, or_, select, update
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from connector import meta_oauth, registry
 from connector.capi import GraphClient, SendResult, event_problem
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 20.0
 #: a send must end well inside the grace period, whatever http_timeout says
 MAX_SEND_SECONDS = 15.0
+#: tries to record Meta's answer when the database connection drops meanwhile
+RECORD_ATTEMPTS = 4
 
 EVENTS = cast(Table, Event.__table__)
 CONNECTIONS = cast(Table, Connection.__table__)
@@ -202,6 +204,12 @@ class Dispatcher:
                 status=EventStatus.SENDING,
                 lease_owner=self.worker_id,
                 lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
+                # A lease that ran out belonged to a worker that died, perhaps after Meta
+                # counted its request: sending again is a possible re-send, so count it.
+                send_count=case(
+                    (t.c.status == EventStatus.SENDING, t.c.send_count + 1),
+                    else_=t.c.send_count,
+                ),
             )
             .returning(
                 t.c.id, t.c.connection_id, t.c.event_time, t.c.payload, t.c.attempts
@@ -340,13 +348,30 @@ class Dispatcher:
 
     def _update_leased(self, rows: Sequence[Claimed], **values: Any) -> int:
         ids = [r.id for r in rows]
-        with self.runtime.sessions.begin() as session:
-            result = session.execute(
-                update(EVENTS)
-                .where(EVENTS.c.id.in_(ids), EVENTS.c.lease_owner == self.worker_id)
-                .values(lease_owner=None, lease_expires_at=None, **values)
-            )
-            changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
+        stmt = (
+            update(EVENTS)
+            .where(EVENTS.c.id.in_(ids), EVENTS.c.lease_owner == self.worker_id)
+            .values(lease_owner=None, lease_expires_at=None, **values)
+        )
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                with self.runtime.sessions.begin() as session:
+                    result = session.execute(stmt)
+                    changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
+                break
+            except DBAPIError as exc:
+                # Meta's answer is in hand: a dropped database connection must not lose it
+                # (the rows would be re-sent when their lease runs out). Retry on a fresh one.
+                if attempt + 1 == RECORD_ATTEMPTS or not (
+                    exc.connection_invalidated or isinstance(exc, OperationalError)
+                ):
+                    raise
+                log.warning(
+                    "recording Meta's answer failed (%s); retrying", type(exc).__name__
+                )
+                time.sleep(
+                    0.2 * 2**attempt
+                )  # even while stopping: the answer must be kept
         if changed != len(ids):
             self.stats.lease_lost += len(ids) - changed
             log.warning(
@@ -512,7 +537,10 @@ class Dispatcher:
 
 
 def _may_have_reached_meta(error: GraphError) -> bool:
-    # A timeout, a dropped connection or a 5xx leaves it open whether Meta counted the events.
+    # A timeout, a dropped connection or a 5xx leaves it open whether Meta counted the events;
+    # a connection never made (refused, no DNS) does not.
+    if not error.may_have_reached:
+        return False
     return error.status is None or error.status >= 500 or error.code is None
 
 

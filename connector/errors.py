@@ -83,8 +83,11 @@ class GraphError(ConnectorError):
         is_transient: bool = False,
         fbtrace_id: str | None = None,
         http_status: int | None = None,
+        may_have_reached: bool = True,
     ) -> None:
         super().__init__(message)
+        #: False only when the request never left (no connection): not a possible send
+        self.may_have_reached = may_have_reached
         self.code = code
         self.subcode = subcode
         self.type = type

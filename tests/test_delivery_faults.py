@@ -727,3 +727,114 @@ def test_a_worker_survives_its_database_connections_being_killed(
     rows = rows_of(connector, conn_id)
     assert_accounted(rows, graph, pixel, before + after)
     assert {(r["status"], r["send_count"]) for r in rows} == {("sent", 1)}
+
+
+# -- regressions: scenarios that once lost a count or stuck events -----------------------
+
+
+def test_fixing_the_pixel_alone_releases_events_held_for_a_missing_pixel(
+    connector: Run, graph: Graph, engine: Engine
+) -> None:
+    """After code 100/33, `connections add --pixel-id GOOD` should let the held events go."""
+    pixel, good = "5100000001", "5100000002"
+    conn_id = add_connection(connector, graph, pixel, "tok-bug-pixel")
+    ids = record(engine, conn_id, [f"bugpixel-{i}" for i in range(3)])
+    graph.state.pixels = {good}
+    try:
+        drain(connector)
+        assert {r["status"] for r in rows_of(connector, conn_id)} == {"held"}
+        connector(
+            "connections",
+            "add",
+            "shopify",
+            "--shop",
+            f"faults-{pixel}.myshopify.com",
+            "--pixel-id",
+            good,
+        )
+        print("after --pixel-id:", connection_row(connector, conn_id))
+        drain(connector)
+        rows = rows_of(connector, conn_id)
+    finally:
+        graph.state.pixels = None
+    print(rows)
+    assert {r["status"] for r in rows} == {"sent"}
+    assert graph.counts(good) == Counter({e: 1 for e in ids})
+
+
+def test_a_re_send_after_sigkill_shows_in_send_count(
+    connector: Run, graph: Graph, engine: Engine, env: dict[str, str]
+) -> None:
+    """Meta counted each event twice (orphaned request + re-send): send_count should say 2."""
+    pixel = "5100000003"
+    conn_id = add_connection(connector, graph, pixel, "tok-bug-kill")
+    ids = record(engine, conn_id, [f"bugkill-{i}" for i in range(3)])
+    graph.state.fail_next(1, "delay", seconds=1.0)
+    worker = spawn(env, "worker", "--drain", "--lease-seconds", "2")
+    try:
+        wait_for(lambda: graph.state.in_flight > 0, "the request")
+        worker.kill()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        worker.communicate(timeout=10)
+    wait_for(lambda: graph.state.in_flight == 0, "Meta")
+
+    def all_sent() -> bool:
+        drain(connector)
+        return {r["status"] for r in rows_of(connector, conn_id)} == {"sent"}
+
+    wait_for(all_sent, "the re-send")
+    rows = rows_of(connector, conn_id)
+    print([(r["event_id"], r["send_count"]) for r in rows], graph.counts(pixel))
+    assert graph.counts(pixel) == Counter({e: 2 for e in ids})
+    assert {r["send_count"] for r in rows} == {2}
+
+
+def test_connection_refused_is_not_counted_as_a_send(
+    connector: Run, graph: Graph, engine: Engine
+) -> None:
+    """Meta never saw a refused connection: send_count should stay at the real number, 1."""
+    pixel = "5100000004"
+    conn_id = add_connection(connector, graph, pixel, "tok-bug-refused")
+    record(engine, conn_id, ["bugrefused-0"])
+    drain(connector, META_GRAPH_URL=f"http://127.0.0.1:{_free_port()}")
+    let_time_pass(engine, conn_id)
+    rows = settle(connector, engine, conn_id)
+    print(rows, graph.counts(pixel))
+    assert graph.counts(pixel) == Counter({"bugrefused-0": 1})
+    assert rows[0]["send_count"] == 1
+
+
+def test_database_dropped_while_a_request_is_in_flight(
+    connector: Run, graph: Graph, engine: Engine, env: dict[str, str]
+) -> None:
+    """PostgreSQL dropping the worker's connection mid-request: the answer is still recorded."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL only")
+    pixel = "5100000005"
+    conn_id = add_connection(connector, graph, pixel, "tok-bug-pg")
+    name = f"qa_bug_{uuid.uuid4().hex[:10]}"
+    ids = record(engine, conn_id, [f"bugpg-{i}" for i in range(3)])
+    graph.state.fail_next(1, "delay", seconds=1.5)
+    worker = spawn(
+        env,
+        "worker",
+        "--lease-seconds",
+        "3",
+        DATABASE_URL=_with_application_name(env["DATABASE_URL"], name),
+    )
+    try:
+        wait_for(lambda: graph.state.in_flight > 0, "the request")
+        print("terminated", _terminate(engine, name))
+        wait_for(lambda: _sent(engine, conn_id) == 3, "sent")
+        worker.send_signal(signal.SIGTERM)
+        _out, err = worker.communicate(timeout=20)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate(timeout=10)
+    rows = rows_of(connector, conn_id)
+    print([(r["event_id"], r["send_count"]) for r in rows], graph.counts(pixel))
+    print(err[-3000:])
+    assert graph.counts(pixel) == Counter({e: 1 for e in ids})
