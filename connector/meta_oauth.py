@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,44 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: query parameters of Graph calls that carry a secret: never written to a log line
-SECRET_PARAMS = (
-    "access_token",
-    "input_token",
-    "fb_exchange_token",
-    "client_secret",
-    "code",
-    "appsecret_proof",
-)
-_SECRET_IN_QUERY = re.compile(
-    r"(?P<key>(?<![A-Za-z0-9_])(?:" + "|".join(SECRET_PARAMS) + r")=)[^&\s\"']*"
-)
-
-
-def redact_query(text: str) -> str:
-    """``text`` with the values of :data:`SECRET_PARAMS` replaced, wherever they appear."""
-    return _SECRET_IN_QUERY.sub(r"\g<key>[redacted]", text)
-
-
-class _RedactSecrets(logging.Filter):
-    """urllib3 logs each request line, query included, at DEBUG: keep Graph's secrets out."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(
-                redact_query(a) if isinstance(a, str) else a for a in record.args
-            )
-        elif isinstance(record.args, Mapping):
-            record.args = {
-                k: redact_query(v) if isinstance(v, str) else v
-                for k, v in record.args.items()
-            }
-        if isinstance(record.msg, str):
-            record.msg = redact_query(record.msg)
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_RedactSecrets())
+# Secrets in the query strings urllib3 logs are redacted by connector.redact.
 
 #: what the Conversions API needs from the person, and nothing more
 SCOPES: tuple[str, ...] = ("ads_management", "business_management")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from connector import redact
 from connector.config import Settings
 from connector.crypto import keyring
 from connector.store.db import make_engine, make_sessionmaker
@@ -21,6 +22,7 @@ class Runtime:
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
         keyring.install(settings.encryption_keys)
+        redact.install()
         engine = make_engine(settings.database_url)
         return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
 

@@ -16,7 +16,6 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
-from adapters.woocommerce import connect
 from connector.links import sign_admin_link
 from connector.runtime import Runtime
 from connector.store import queries
@@ -277,13 +276,9 @@ def assert_no_secret_leaked(world: World, caplog: pytest.LogCaptureFixture) -> N
         world.meta.app_secret,
         API_SECRET,
         *(k.consumer_secret for k in world.woo.keys.values()),
+        # OAuth 1.0a over plain http puts the key in the query urllib3 logs: redacted there too
+        *(k.consumer_key for k in world.woo.keys.values()),
     ]
-    # Not the consumer key in the log: OAuth 1.0a over plain http puts it in the query, which
-    # urllib3 logs at DEBUG unredacted (reported separately); pages and URLs never carry it.
-    keys = [k.consumer_key for k in world.woo.keys.values()]
-    for key in keys:
-        assert not any(key in u for u in world.seen_urls)
-        assert not any(key in p for p in world.seen_pages)
     # werkzeug's lines are the servers' access logs (the fakes' own ones carry the secrets
     # Graph's documented GETs put in the query): the connector's logs are the rest.
     lines = [r.getMessage() for r in caplog.records if r.name != "werkzeug"]
@@ -584,12 +579,8 @@ def test_woocommerce_two_connects_raced_leave_one_connection_and_three_webhooks(
     assert earlier.headers["Content-Type"].startswith("text/html")
     conn = find(world, "woocommerce", world.woo_url)
     assert conn is not None
-    # New keys while the first setup ran leave the setup pending for the worker's next pass
-    # (reported separately): run that pass, as the worker would, until it settles.
-    deadline = time.monotonic() + 30
-    while "ready" != wait_for_webhooks(world, conn.id, pending_ok=True).get("status"):
-        assert time.monotonic() < deadline
-        connect.reconcile(world.runtime)
+    # the run that held the lease went again with the newer keys: no wait for the worker
+    assert "ready" == wait_for_webhooks(world, conn.id)["status"]
     with world.runtime.sessions() as db:
         assert 1 == len(queries.list_connections(db))
     assert 3 == len(world.woo.webhooks)

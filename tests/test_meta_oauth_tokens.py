@@ -14,6 +14,7 @@ from connector import meta_oauth
 from connector.config import Settings
 from connector.errors import GraphError
 from connector.meta_oauth import MetaClient, TokenInfo
+from connector.redact import redact_query
 from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, OAuthState
@@ -72,11 +73,18 @@ def settings(
             "?fields=id,name&limit=100", "?fields=id,name&limit=100", id="no-secret"
         ),
         pytest.param("?zipcode=123", "?zipcode=123", id="only-whole-names"),
+        pytest.param(
+            "GET /wp-json/wc/v3/webhooks?oauth_consumer_key=ck_1&oauth_nonce=n"
+            "&oauth_signature=abc%3D&page=1",
+            "GET /wp-json/wc/v3/webhooks?oauth_consumer_key=[redacted]&oauth_nonce=n"
+            "&oauth_signature=[redacted]&page=1",
+            id="woocommerce-oauth1",
+        ),
     ],
 )
 def test_secret_query_values_are_redacted(text: str, expected: str) -> None:
-    """Every Graph parameter that carries a secret is hidden, the rest kept for debugging."""
-    assert meta_oauth.redact_query(text) == expected
+    """Every query parameter that carries a secret is hidden, the rest kept for debugging."""
+    assert redact_query(text) == expected
 
 
 # -- what debug_token says, and what it means ------------------------------------------

@@ -195,7 +195,23 @@ def ensure_webhooks(
 
 
 def setup_webhooks(runtime: Runtime, connection_id: str) -> str:
-    """Make the connection's webhooks; returns ``ready``, ``failed``, ``busy`` or ``skipped``."""
+    """Make the connection's webhooks; returns ``ready``, ``failed``, ``busy`` or ``skipped``.
+
+    When new keys arrive while a run holds the lease, their own run finds it busy; the run
+    holding it then goes again with them, so nothing waits for the periodic job.
+    """
+    for _ in range(MAX_SETUP_RUNS):
+        status = _setup_once(runtime, connection_id)
+        if status != "superseded":
+            return status
+    return "pending"
+
+
+#: a run that finds newer keys goes again, at most this many times in a row
+MAX_SETUP_RUNS = 3
+
+
+def _setup_once(runtime: Runtime, connection_id: str) -> str:
     now = utcnow()
     with runtime.sessions.begin() as db:
         conn = db.get(Connection, connection_id, with_for_update=True)
@@ -257,13 +273,14 @@ def setup_webhooks(runtime: Runtime, connection_id: str) -> str:
             return "skipped"
         latest = dict((conn.settings or {}).get("webhooks") or {})
         latest.pop("lease_until", None)
-        if latest.get("generation", 0) == generation:
-            latest.update(result)
-        else:
-            # New keys arrived meanwhile: leave it pending so the next attempt uses them.
+        superseded = latest.get("generation", 0) != generation
+        if superseded:
+            # New keys arrived meanwhile: pending until a run with them finishes.
             latest["status"] = "pending"
+        else:
+            latest.update(result)
         conn.settings = {**(conn.settings or {}), "webhooks": latest}
-    return str(result["status"])
+    return "superseded" if superseded else str(result["status"])
 
 
 def reconcile(runtime: Runtime) -> None:
