@@ -36,6 +36,7 @@ from connector.store.models import Base
 from tests.conftest import migrate_url
 from tests.fakes.graph import FakeGraph, make_app
 from tests.fakes.server import LiveServer
+from tests.test_end_to_end import connection_row
 
 API_VERSION = "v25.0"
 #: every subprocess and every wait is bounded: a hang fails the test instead of the run
@@ -279,13 +280,6 @@ def rows_of(connector: Run, conn_id: str) -> list[dict[str, Any]]:
     )
     rows: list[dict[str, Any]] = json.loads(proc.stdout)
     return rows
-
-
-def connection_row(connector: Run, conn_id: str) -> dict[str, Any]:
-    """One connection as `connections list --json` shows it."""
-    rows = json.loads(connector("connections", "list", "--json").stdout)
-    [row] = [r for r in rows if r["id"] == conn_id]
-    return dict(row)
 
 
 def settle(
