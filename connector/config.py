@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -63,6 +63,11 @@ class Settings:
     lease_seconds: int = 120
     poll_interval: float = 1.0
     http_timeout: float = 20.0
+    #: how store host names are resolved before a connection (``connector.outbound``); not an
+    #: environment setting: ``None`` is the system resolver, tests inject a mapping of their own
+    store_resolver: Callable[[str, int], Sequence[str]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def is_production(self) -> bool:

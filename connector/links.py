@@ -1,39 +1,67 @@
-"""Signed admin links: how a store's admin page hands the merchant to core routes (pure)."""
+"""Signed admin links: how a store's admin page hands the merchant to core routes (pure).
+
+A link is ``<expiry>.<nonce>.<mac>``: HMAC-SHA256 over the connection id, the expiry and a
+random nonce, so two links signed in the same second differ and each can be spent on its
+own (the routes record a spent link through :func:`link_key`; see ``connector.web.meta``).
+Links live for minutes: a page hands a fresh one every time it is shown to someone who has
+proven control of the store.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from datetime import datetime, timedelta
+import secrets
+from datetime import UTC, datetime, timedelta
 
 #: how long a "Connect Meta" link from a store's admin page stays valid
-LINK_TTL = timedelta(hours=1)
+LINK_TTL = timedelta(minutes=10)
+#: what the verifier accepts of a nonce (token_urlsafe(12) gives 16 characters)
+_MAX_NONCE = 64
 
 
-def _mac(secret_key: str, connection_id: str, expires: int) -> str:
-    msg = f"admin-link\n{connection_id}\n{expires}".encode()
+def _mac(secret_key: str, connection_id: str, expires: int, nonce: str) -> str:
+    msg = f"admin-link\n{connection_id}\n{expires}\n{nonce}".encode()
     return hmac.new(secret_key.encode(), msg, hashlib.sha256).hexdigest()
 
 
 def sign_admin_link(secret_key: str, connection_id: str, now: datetime) -> str:
-    """A token proving the bearer is the admin of ``connection_id`` (``<expiry>.<mac>``)."""
+    """A token proving the bearer is the admin of ``connection_id`` (``<expiry>.<nonce>.<mac>``)."""
     expires = int((now + LINK_TTL).timestamp())
-    return f"{expires}.{_mac(secret_key, connection_id, expires)}"
+    nonce = secrets.token_urlsafe(12)
+    return f"{expires}.{nonce}.{_mac(secret_key, connection_id, expires, nonce)}"
+
+
+def link_expiry(token: str) -> datetime | None:
+    """When a well-formed token expires (UTC), else None; says nothing of its signature."""
+    expires_s = token.split(".", 1)[0]
+    if not (expires_s.isascii() and expires_s.isdigit() and len(expires_s) <= 12):
+        return None
+    return datetime.fromtimestamp(int(expires_s), UTC)
+
+
+def link_key(token: str) -> str:
+    """What a spent link is remembered by: a hash, so the record cannot be replayed."""
+    return hashlib.sha256(f"admin-link\n{token}".encode()).hexdigest()
 
 
 def verify_admin_link(
     secret_key: str, connection_id: str, token: str, now: datetime
 ) -> bool:
     """True when ``token`` was signed for ``connection_id`` and has not expired."""
-    expires_s, _, mac = token.partition(".")
+    expires_s, _, rest = token.partition(".")
+    nonce, _, mac = rest.rpartition(".")
     # ASCII digits only, and no more than a timestamp needs: "²".isdigit() is True too.
     if (
         not (expires_s.isascii() and expires_s.isdigit() and len(expires_s) <= 12)
         or not mac
+        or not nonce
+        or len(nonce) > _MAX_NONCE
+        or not nonce.isascii()
     ):
         return False
     expires = int(expires_s)
     if expires < now.timestamp():
         return False
     # compare_digest: == leaks how many leading characters matched
-    return hmac.compare_digest(mac, _mac(secret_key, connection_id, expires))
+    return hmac.compare_digest(mac, _mac(secret_key, connection_id, expires, nonce))

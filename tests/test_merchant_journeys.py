@@ -253,6 +253,13 @@ def connect_link(page: requests.Response, base: str) -> str:
     raise AssertionError(f"no Connect Meta link in {page.text}")
 
 
+def shop_link(browser: Browser, shop: str = SHOP) -> str:
+    """A fresh Connect Meta link from the shop page reopened (each link works once)."""
+    page = browser.get(f"{browser.world.app_url}/shopify/app?shop={shop}")
+    assert 200 == page.status_code, page.text
+    return connect_link(page, page.url)
+
+
 def to_meta_callback(browser: Browser, connect_url: str) -> str:
     """Click Connect Meta and pass Facebook's dialog; returns our callback URL Meta sent back."""
     world = browser.world
@@ -345,9 +352,8 @@ def test_meta_callback_reload_back_button_and_second_tab_are_refused_without_cha
     browser = Browser(world)
     page, _ = install_shopify(browser)
     conn_id = find(world, "shopify", SHOP).id  # type: ignore[union-attr]
-    link = connect_link(page, page.url)
-    earlier = to_meta_callback(browser, link)  # tab 1 (or the page before "back")
-    later = to_meta_callback(browser, link)  # tab 2, started after it
+    earlier = to_meta_callback(browser, connect_link(page, page.url))  # tab 1
+    later = to_meta_callback(browser, shop_link(browser))  # tab 2, started after it
     assert 200 == browser.get(later).status_code
     after_connect = snapshot(world, conn_id)
     exchanges = world.meta.count("/oauth/access_token")
@@ -399,11 +405,15 @@ def test_denied_dialog_then_no_pixel_then_several_pixels(world: World) -> None:
     assert untouched == snapshot(world, conn_id)
 
     world.meta.user = FakeUser(businesses=[{"id": "1", "name": "Empty", "pixels": []}])
-    assert_refused(browser.get(to_meta_callback(browser, link)), 404, "Events Manager")
+    assert_refused(
+        browser.get(to_meta_callback(browser, shop_link(browser))),
+        404,
+        "Events Manager",
+    )
     assert untouched == snapshot(world, conn_id)
 
     world.meta.user = several_pixels_user()
-    picker = browser.get(to_meta_callback(browser, link))
+    picker = browser.get(to_meta_callback(browser, shop_link(browser)))
     assert 200 == picker.status_code, picker.text
     assert "<b>Acme" not in picker.text
     assert "&lt;b&gt;Acme &amp; Co&lt;/b&gt;" in picker.text
@@ -514,6 +524,22 @@ def wait_for_webhooks(
         time.sleep(0.05)
 
 
+def wait_for_proofs(world: World) -> None:
+    """Every flow's key proof runs after its callback's answer: wait until none is pending."""
+    deadline = time.monotonic() + 30
+    while True:
+        with world.runtime.sessions() as db:
+            pending = [
+                s
+                for s in db.scalars(select(OAuthState))
+                if (s.data or {}).get("proof") == "pending"
+            ]
+        if not pending:
+            return
+        assert time.monotonic() < deadline, "key proofs did not settle"
+        time.sleep(0.05)
+
+
 def start_woo(browser: Browser) -> str:
     """Open the connect link; returns the store's approve URL."""
     world = browser.world
@@ -587,6 +613,7 @@ def test_woocommerce_two_connects_raced_leave_one_connection_and_three_webhooks(
     assert {"order.created", "order.updated", "order.deleted"} == {
         h["topic"] for h in world.woo.webhooks.values()
     }
+    wait_for_proofs(world)
     conn = load(world, conn.id)
     assert conn.platform_key in world.woo.keys
     # a replayed keys callback (the same user_id again) is refused and keeps the keys

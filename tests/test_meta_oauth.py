@@ -14,6 +14,7 @@ import pytest
 import requests
 from sqlalchemy import func, select
 
+from connector import meta_oauth
 from connector.config import Settings
 from connector.dispatcher import run_worker
 from connector.links import sign_admin_link
@@ -193,7 +194,9 @@ def test_connect_sends_the_owner_to_the_dialog_with_only_the_needed_permissions(
     assert "ads_management,business_management" == query["scope"]
     assert "code" == query["response_type"]
     with runtime.sessions() as db:
-        stored = db.scalars(select(OAuthState)).one()
+        stored = db.scalars(
+            select(OAuthState).where(OAuthState.purpose == meta_oauth.CONNECT_PURPOSE)
+        ).one()
     assert conn_id == stored.connection_id
     # only the hash is stored: the database cannot replay the state
     assert query["state"] != stored.nonce_hash

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from adapters.woocommerce import connect
 from adapters.woocommerce.rest import WooCommerceClient
 from connector.errors import PlatformError
+from connector.outbound import AddressPolicy
 from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Connection, Event
@@ -26,6 +27,8 @@ from tests.fakes.server import serve
 from tests.fakes.woocommerce import FakeWooCommerce
 
 APPROVE = re.compile(r"id='approve' href='([^']+)'")
+#: the fakes listen on 127.0.0.1, which only the development switch admits
+LOOPBACK = AddressPolicy(allow_loopback=True)
 
 
 @dataclass
@@ -290,6 +293,7 @@ def test_oauth1_requests_are_signed_as_woocommerce_checks(
         stack.store_url,
         key.consumer_key,
         key.consumer_secret if secret_ok else "cs_wrong",
+        policy=LOOPBACK,
     )
     assert client.uses_oauth1
     if expected is None:
@@ -315,7 +319,10 @@ def test_basic_auth_is_what_an_https_store_checks(
     key = fake.add_key()
     with serve(fake.app) as store:
         client = WooCommerceClient(
-            store.url, key.consumer_key, key.consumer_secret if password_ok else "cs_no"
+            store.url,
+            key.consumer_key,
+            key.consumer_secret if password_ok else "cs_no",
+            policy=LOOPBACK,
         )
         # the store terminates TLS in front of WordPress; the fake is reached over loopback http
         client.uses_oauth1 = False

@@ -1,4 +1,8 @@
-"""Shopify Admin client: the OAuth token endpoint and the GraphQL webhook subscriptions."""
+"""Shopify Admin client: the OAuth token endpoint and the GraphQL webhook subscriptions.
+
+Every request goes through :mod:`connector.outbound` (public addresses only, checked on the
+address connected to); see :func:`connector.outbound.shopify_policy` for the one exception.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,12 @@ from adapters.shopify.oauth import (
 )
 from connector.config import Settings
 from connector.errors import ConfigError, PlatformError
+from connector.outbound import (
+    AddressPolicy,
+    Resolver,
+    shopify_policy,
+    store_session,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +114,15 @@ class ShopifyAdmin:
         api_secret: str,
         url_template: str,
         timeout: float,
-        http: requests.Session | None = None,
+        policy: AddressPolicy | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
+        """``policy`` defaults to public addresses only; ``resolver`` to the system's."""
         self.api_key = api_key
         self._secret = api_secret
         self._template = url_template
         self._timeout = timeout
-        self._http = http or requests.Session()
+        self._http = store_session(policy or AddressPolicy(), resolver)
 
     def close(self) -> None:
         self._http.close()
@@ -132,6 +144,8 @@ class ShopifyAdmin:
             api_secret=settings.shopify_api_secret,
             url_template=settings.shopify_admin_url_template,
             timeout=settings.http_timeout,
+            policy=shopify_policy(settings),
+            resolver=settings.store_resolver,
         )
 
     def base(self, shop: str) -> str:

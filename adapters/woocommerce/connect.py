@@ -3,10 +3,16 @@
 1. ``GET /woocommerce/connect?store_url=...`` checks the address and sends the merchant to
    the store's ``/wc-auth/v1/authorize`` with an unguessable single-use ``user_id`` (the state).
 2. On approval WooCommerce posts the new REST keys to ``POST /woocommerce/callback`` and
-   deletes them again unless the answer is exactly 200, so the callback only checks the
-   state, stores the keys encrypted, and answers. The webhooks are made after the answer.
-3. WooCommerce then sends the merchant to ``GET /woocommerce/return``, which shows how the
-   connection stands and links to "Connect Meta".
+   deletes them again unless the answer is exactly 200, so the callback only spends the
+   state, keeps the offered keys encrypted in the state's data, and answers.
+3. After the answer the keys are proven: the store at the URL the flow was started for must
+   accept them for an authenticated read (and refuse the same read without them). Only
+   then is the store's connection created or given the keys, and its webhooks made. A
+   state and made-up keys (anyone can start a flow for any store) change nothing.
+4. WooCommerce then sends the merchant to ``GET /woocommerce/return``, which waits for the
+   proof (running it when nothing else is), and shows this flow's connection with a
+   single-use "Connect Meta" link only when the proof succeeded. ``success=1`` alone
+   proves nothing.
 
 Webhooks (``order.created``, ``order.updated``, ``order.deleted``) are created through the
 REST API and point at ``APP_URL/webhooks/woocommerce/<connection id>``, signed with a secret
@@ -27,11 +33,14 @@ https, so a local connector needs an https ``APP_URL`` (a tunnel) for the key ex
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import secrets
 import string
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from html import escape
 from typing import Any
@@ -42,8 +51,9 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response as BaseResponse
 
 from adapters.woocommerce.rest import WooCommerceClient
+from connector.crypto import keyring
 from connector.domains import MAX_STORE_LENGTH, normalize_store_url
-from connector.errors import PlatformError
+from connector.errors import ConnectorError, PlatformError
 from connector.links import sign_admin_link
 from connector.platform import PeriodicJob
 from connector.runtime import Runtime
@@ -67,6 +77,11 @@ SETUP_LEASE = timedelta(minutes=5)
 RECHECK_AFTER = timedelta(days=1)
 MAX_RETRY_DELAY = timedelta(hours=6)
 JOB_INTERVAL_SECONDS = 300.0
+#: the outcomes of a flow's key proof, kept in its state's data
+PROOF_PENDING, PROOF_PROVEN, PROOF_REFUSED = "pending", "proven", "refused"
+#: how long the return page waits for a proof another request is running before it reloads
+PROOF_WAIT = timedelta(seconds=10)
+PROOF_POLL_SECONDS = 0.1
 
 
 # -- pure helpers ---------------------------------------------------------------------
@@ -237,7 +252,7 @@ def _setup_once(runtime: Runtime, connection_id: str) -> str:
             conn.platform_token,
             conn.webhook_secret,
         )
-    client = WooCommerceClient(store, key, token, timeout=runtime.settings.http_timeout)
+    client = WooCommerceClient.for_settings(runtime.settings, store, key, token)
     result: dict[str, Any]
     try:
         ids = ensure_webhooks(
@@ -247,6 +262,7 @@ def _setup_once(runtime: Runtime, connection_id: str) -> str:
             secret,
         )
     except PlatformError as exc:
+        client.close()
         failures = int(current.get("failures") or 0) + 1
         result = {
             "status": "failed",
@@ -256,6 +272,7 @@ def _setup_once(runtime: Runtime, connection_id: str) -> str:
         }
         log.warning("woocommerce webhooks for %s failed: %s", connection_id, exc)
     else:
+        client.close()
         result = {
             "status": "ready",
             "ids": ids,
@@ -321,6 +338,196 @@ def _start_setup(runtime: Runtime, connection_id: str) -> None:
     ).start()
 
 
+# -- proving the keys -----------------------------------------------------------------
+#
+# Anyone can start a flow for any store URL and post made-up keys with its state. So the
+# keys decide, not the state: a connection is created or changed only once the store at
+# the URL the flow was started for accepts them for a read that needs valid keys.
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProofOutcome:
+    """Where a flow's key proof stands: ``pending``, ``proven``, ``refused`` or ``none`` (no keys yet)."""
+
+    status: str
+    connection_id: str | None = None
+    reason: str | None = None
+    #: True when this call ran the proof (its caller starts the webhook setup)
+    ran: bool = False
+
+
+def check_keys(client: WooCommerceClient) -> str | None:
+    """None when the store proves the client's keys; otherwise why not, for the merchant.
+
+    Two reads of the webhook list (``GET /wp-json/wc/v3/webhooks``), which WooCommerce serves
+    only to a valid key with read access (``WC_REST_Webhooks_V1_Controller::get_items_permissions_check``,
+    https://woocommerce.github.io/woocommerce-rest-api-docs/#list-all-webhooks): with the keys it
+    must answer 200 and a JSON list; without them it must refuse (401/403), or a 200 proves
+    nothing (a site that answers anything).
+    """
+    try:
+        listed = client.request("GET", "/webhooks", params={"per_page": "1"})
+    except PlatformError as exc:
+        if exc.status in (401, 403):
+            return (
+                f"{client.store_url} did not accept the keys sent to the connector, so they "
+                "were not issued by that store."
+            )
+        if exc.status == 404:
+            return (
+                f"{client.store_url} has no WooCommerce REST API at /wp-json/wc/v3; check "
+                "that WooCommerce is active and that WordPress permalinks are not 'Plain'."
+            )
+        if exc.status is not None and 300 <= exc.status < 400:
+            return (
+                f"{client.store_url} redirects its REST API elsewhere; connect the store "
+                "with the address it redirects to."
+            )
+        if exc.status is not None:
+            return f"{client.store_url} answered {exc.status} when its keys were checked; try again later."
+        # ours (an address refused, a name that does not resolve, unreachable): merchant-readable
+        return f"{exc}."
+    try:
+        body = listed.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, list):
+        return f"{client.store_url} did not answer like a WooCommerce store when its keys were checked."
+    try:
+        anonymous = client.probe("/webhooks")
+    except PlatformError as exc:
+        return f"{exc}."
+    if anonymous not in (400, 401, 403):
+        return (
+            f"{client.store_url} answers its REST API without keys, so the keys it sent "
+            "cannot be confirmed."
+        )
+    return None
+
+
+def run_proof(runtime: Runtime, nonce: str) -> ProofOutcome:
+    """Prove the keys offered with the flow ``nonce`` unless another run holds the proof.
+
+    The offered keys wait, encrypted, in the state's data; the proof is claimed under a
+    row lock with a lease, so the callback's follow-up and the return page never both
+    call the store, and a proof whose process died is taken over once its lease ends.
+    """
+    now = utcnow()
+    lease = timedelta(seconds=2 * runtime.settings.http_timeout + 10)
+    with runtime.sessions.begin() as db:
+        state = queries.find_state(db, nonce, STATE_PURPOSE, for_update=True)
+        if state is None:
+            return ProofOutcome(status="none")
+        data = dict(state.data or {})
+        current = _outcome(data)
+        if current.status != PROOF_PENDING:
+            return current
+        holder = _when(data.get("proving_until"))
+        if holder is not None and holder > now:
+            return current
+        if state.expires_at <= now:
+            state.data = {
+                "proof": PROOF_REFUSED,
+                "reason": "The connection took too long; start again.",
+            }
+            return _outcome(state.data)
+        state.data = {**data, "proving_until": (now + lease).isoformat()}
+        store = str(state.store or "")
+        offer = json.loads(keyring.decrypt(str(data["offer"])))
+    client = WooCommerceClient.for_settings(
+        runtime.settings, store, offer["consumer_key"], offer["consumer_secret"]
+    )
+    try:
+        reason = check_keys(client)
+    finally:
+        client.close()
+    with runtime.sessions.begin() as db:
+        state = queries.find_state(db, nonce, STATE_PURPOSE, for_update=True)
+        if state is None:
+            return ProofOutcome(status="none")
+        if reason is not None:
+            # The keys are forgotten with the refusal: an unproven offer keeps nothing.
+            state.data = {"proof": PROOF_REFUSED, "reason": reason}
+            log.warning("woocommerce keys refused by the store (flow ends)")
+            return ProofOutcome(status=PROOF_REFUSED, reason=reason, ran=True)
+        connection_id = _adopt_keys(db, store, offer)
+        state.connection_id = connection_id
+        state.data = {"proof": PROOF_PROVEN, "connection_id": connection_id}
+    log.info("woocommerce store connected with proven keys: %s", connection_id)
+    return ProofOutcome(status=PROOF_PROVEN, connection_id=connection_id, ran=True)
+
+
+def await_proof(
+    runtime: Runtime,
+    nonce: str,
+    *,
+    wait: timedelta = PROOF_WAIT,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> ProofOutcome:
+    """The proof's outcome, running it here when nobody is, waiting up to ``wait`` when somebody is."""
+    deadline = clock() + wait.total_seconds()
+    while True:
+        outcome = run_proof(runtime, nonce)
+        if outcome.ran and outcome.status == PROOF_PROVEN and outcome.connection_id:
+            _start_setup(runtime, outcome.connection_id)
+        if outcome.status != PROOF_PENDING or clock() >= deadline:
+            return outcome
+        sleep(PROOF_POLL_SECONDS)
+
+
+def _outcome(data: Mapping[str, Any]) -> ProofOutcome:
+    status = data.get("proof")
+    if status == PROOF_PENDING and data.get("offer"):
+        return ProofOutcome(status=PROOF_PENDING)
+    if status == PROOF_PROVEN and isinstance(data.get("connection_id"), str):
+        return ProofOutcome(status=PROOF_PROVEN, connection_id=data["connection_id"])
+    if status == PROOF_REFUSED:
+        return ProofOutcome(status=PROOF_REFUSED, reason=str(data.get("reason") or ""))
+    return ProofOutcome(status="none")
+
+
+def _adopt_keys(db: Any, store: str, offer: Mapping[str, Any]) -> str:
+    """Create or update the store's connection with proven keys; returns its id."""
+    existing = queries.find_connection(db, PLATFORM, store)
+    settings = dict(existing.settings or {}) if existing is not None else {}
+    previous = dict(settings.get("webhooks") or {})
+    settings["webhooks"] = {
+        **previous,
+        "status": "pending",
+        "generation": int(previous.get("generation") or 0) + 1,
+        "key_id": offer.get("key_id"),
+        "retry_at": None,
+    }
+    fields: dict[str, Any] = {
+        "platform_key": offer["consumer_key"],
+        "platform_token": offer["consumer_secret"],
+        "scopes": "read_write",
+        "settings": settings,
+    }
+    # Keep a secret the store's webhooks already sign with: a new one would fail them until updated.
+    if existing is None or not existing.webhook_secret:
+        fields["webhook_secret"] = generate_secret()
+    conn = queries.upsert_connection(db, PLATFORM, store, **fields)
+    return conn.id
+
+
+def _start_proof(runtime: Runtime, nonce: str) -> None:
+    def run() -> None:
+        try:
+            outcome = run_proof(runtime, nonce)
+            if outcome.ran and outcome.status == PROOF_PROVEN and outcome.connection_id:
+                setup_webhooks(runtime, outcome.connection_id)
+        except (
+            ConnectorError
+        ):  # the return page runs the proof again once the lease ends
+            log.exception("woocommerce key proof failed")
+        except Exception:  # a thread has nobody to report to
+            log.exception("woocommerce key proof crashed")
+
+    threading.Thread(target=run, name="woocommerce-proof", daemon=True).start()
+
+
 # -- routes ---------------------------------------------------------------------------
 
 
@@ -363,6 +570,12 @@ def connect() -> BaseResponse:
 
 @bp.post("/woocommerce/callback")
 def callback() -> Response:
+    """Keep the offered keys, encrypted, with the flow's state; prove them after answering.
+
+    WooCommerce deletes the keys unless this answer is exactly 200, and only then sends the
+    browser back, so the proof cannot hold the answer up (a store serving one request at a
+    time would wait on itself). Nothing about a connection changes here.
+    """
     try:
         data = request.get_json(force=True, silent=True)
     except RecursionError:  # nested past the parser's limit: not what WooCommerce sends
@@ -392,43 +605,32 @@ def callback() -> Response:
         abort(400, description="the connector needs read_write keys to manage webhooks")
     runtime = get_runtime()
     now = utcnow()
+    key_id = data.get("key_id")
     with runtime.sessions.begin() as db:
         issued = queries.consume_state(db, state, STATE_PURPOSE, now=now)
         if issued.store is None:
             abort(400, description="this sign-in link names no store; start again")
-        existing = queries.find_connection(db, PLATFORM, issued.store)
-        settings = dict(existing.settings or {}) if existing is not None else {}
-        previous = dict(settings.get("webhooks") or {})
-        settings["webhooks"] = {
-            **previous,
-            "status": "pending",
-            "generation": int(previous.get("generation") or 0) + 1,
-            "key_id": data.get("key_id")
-            if isinstance(data.get("key_id"), int)
+        offer = {
+            "consumer_key": key,
+            "consumer_secret": token,
+            "key_id": key_id
+            if isinstance(key_id, int) and not isinstance(key_id, bool)
             else None,
-            "retry_at": None,
         }
-        fields: dict[str, Any] = {
-            "platform_key": key,
-            "platform_token": token,
-            "scopes": permissions,
-            "settings": settings,
+        issued.data = {
+            "proof": PROOF_PENDING,
+            "offer": keyring.encrypt(json.dumps(offer)),
         }
-        # Keep a secret the store's webhooks already sign with: a new one would fail them until updated.
-        if existing is None or not existing.webhook_secret:
-            fields["webhook_secret"] = generate_secret()
-        conn = queries.upsert_connection(db, PLATFORM, issued.store, **fields)
-        issued.connection_id = conn.id
-        connection_id = conn.id
-    log.info("woocommerce store connected: %s", connection_id)
+    log.info("woocommerce keys offered; proving them against the store")
     rv = jsonify(status="ok")
     rv.status_code = 200
-    rv.call_on_close(lambda: _start_setup(runtime, connection_id))
+    rv.call_on_close(lambda: _start_proof(runtime, state))
     return rv
 
 
 @bp.get("/woocommerce/return")
 def return_page() -> Response:
+    """Where WooCommerce sends the browser back: the outcome of this browser's flow only."""
     runtime = get_runtime()
     started = session.get(SESSION_KEY)
     given = request.args.get("user_id", "")
@@ -460,13 +662,35 @@ def return_page() -> Response:
             f"<p>{escape(store)} did not give the connector its keys. "
             f"<a href='{escape(retry)}'>Try again</a>.</p>",
         )
+    # success=1 is only what the address bar says: the outcome of the proof decides.
+    outcome = await_proof(runtime, given)
+    if outcome.status == PROOF_PENDING:
+        return _page(
+            "Checking the keys with your store",
+            f"<p>The connector is checking the keys {escape(store)} sent. This page "
+            "reloads by itself.</p>",
+            refresh=2,
+        )
+    if outcome.status == PROOF_REFUSED:
+        return _page(
+            "The store's keys could not be confirmed",
+            f"<p>{escape(outcome.reason or 'The keys were not accepted.')} Nothing was "
+            f"changed. <a href='{escape(retry)}'>Try again</a>.</p>",
+            status=400,
+        )
+    if outcome.status != PROOF_PROVEN or outcome.connection_id is None:
+        return _page(
+            "Waiting for the store",
+            f"<p>{escape(store)} has not sent the connector its keys for this connection. "
+            f"<a href='{escape(retry)}'>Try again</a>.</p>",
+        )
     with runtime.sessions() as db:
-        conn = queries.find_connection(db, PLATFORM, store)
-        if conn is None or not conn.platform_key:
+        conn = db.get(Connection, outcome.connection_id)
+        if conn is None or conn.store != store:
             return _page(
                 "Waiting for the store",
-                f"<p>{escape(store)} approved the connection but its keys have not arrived. "
-                f"<a href='{escape(retry)}'>Try again</a>.</p>",
+                f"<p>The connection for {escape(store)} is gone. "
+                f"<a href='{escape(retry)}'>Connect it again</a>.</p>",
             )
         connection_id = conn.id
         pixel = conn.pixel_id
@@ -493,14 +717,25 @@ def return_page() -> Response:
     body = (
         f"<p>Store: {escape(store)} (connection {escape(connection_id)})</p>"
         f"<p>{escape(orders)}</p><p>{meta}</p>"
-        f"<p><a href='{escape(meta_link)}'>Connect Meta</a></p>"
+        f"<p><a href='{escape(meta_link)}'>Connect Meta</a> (the link works once, "
+        "for a few minutes; reload this page for a new one)</p>"
     )
     return _page("Your WooCommerce store is connected", body)
 
 
-def _page(title: str, body: str, *, status: int = 200) -> Response:
+def _page(
+    title: str, body: str, *, status: int = 200, refresh: int | None = None
+) -> Response:
+    reload = (
+        f"<meta http-equiv='refresh' content='{refresh}'>"
+        if refresh is not None
+        else ""
+    )
     html = (
-        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<!doctype html><html><head><meta charset='utf-8'>{reload}"
         f"<title>{escape(title)}</title></head><body><h1>{escape(title)}</h1>{body}</body></html>"
     )
-    return Response(html, status=status, mimetype="text/html")
+    rv = Response(html, status=status, mimetype="text/html")
+    # It may carry a single-use admin link: a back button must ask again, not show a spent one.
+    rv.headers["Cache-Control"] = "no-store"
+    return rv

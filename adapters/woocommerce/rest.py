@@ -5,6 +5,10 @@ credentials. Over plain http it accepts only OAuth 1.0a "one-legged" signatures:
 the ``oauth_*`` parameters in the query string, HMAC-SHA1 over ``METHOD&url&params``
 where params are every query parameter (``$_GET`` and ``$_POST``), sorted and
 RFC 3986-encoded, and the key is ``consumer_secret + "&"`` (``WC_REST_Authentication``).
+
+Every request goes through :mod:`connector.outbound`: the store's name must lead to public
+addresses only (loopback too under the development switch), checked on the address the
+connection is opened to.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
+from connector.config import Settings
 from connector.errors import PlatformError
+from connector.outbound import (
+    AddressPolicy,
+    Resolver,
+    store_session,
+    woocommerce_policy,
+)
 
 API_PREFIX = "/wp-json/wc/v3"
 
@@ -56,16 +67,62 @@ class WooCommerceClient:
         consumer_secret: str,
         *,
         timeout: float = 20.0,
-        session: requests.Session | None = None,
+        policy: AddressPolicy | None = None,
+        resolver: Resolver | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``policy`` defaults to public addresses only; ``resolver`` to the system's."""
         self.store_url = store_url.rstrip("/")
         self._key = consumer_key
         self._secret = consumer_secret
         self._timeout = timeout
-        self._http = session or requests.Session()
+        self._http = store_session(policy or AddressPolicy(), resolver)
         self._clock = clock
         self.uses_oauth1 = urlsplit(self.store_url).scheme != "https"
+
+    @classmethod
+    def for_settings(
+        cls,
+        settings: Settings,
+        store_url: str,
+        consumer_key: str,
+        consumer_secret: str,
+    ) -> WooCommerceClient:
+        """A client with the deployment's timeout, address policy and resolver."""
+        return cls(
+            store_url,
+            consumer_key,
+            consumer_secret,
+            timeout=settings.http_timeout,
+            policy=woocommerce_policy(settings),
+            resolver=settings.store_resolver,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def probe(self, path: str) -> int:
+        """The status of an unauthenticated GET of ``/wp-json/wc/v3{path}`` (no redirect followed).
+
+        Raises:
+            PlatformError: the store cannot be reached (or its address is not public).
+        """
+        try:
+            rv = self._http.get(
+                f"{self.store_url}{API_PREFIX}{path}",
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            raise PlatformError(self._unreachable()) from exc
+        return rv.status_code
+
+    def _unreachable(self) -> str:
+        # The merchant reads this: never the socket's own words (they say what answered where).
+        return (
+            f"the store at {self.store_url} cannot be reached; check that the address is "
+            "right and the site is online"
+        )
 
     def request(
         self,
@@ -107,9 +164,7 @@ class WooCommerceClient:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            raise PlatformError(
-                f"the store at {self.store_url} cannot be reached ({type(exc).__name__})"
-            ) from exc
+            raise PlatformError(self._unreachable()) from exc
         if 300 <= rv.status_code < 400:
             raise PlatformError(
                 f"the store redirects its REST API to {rv.headers.get('Location', '?')}; "

@@ -480,3 +480,50 @@ def reactivate(session: Session, conn: Connection) -> int:
         conn.status = ConnectionStatus.ACTIVE
         conn.status_reason = None
     return release_held(session, conn)
+
+
+def find_state(
+    session: Session, nonce: str, purpose: str, *, for_update: bool = False
+) -> OAuthState | None:
+    """The state issued as ``nonce`` for ``purpose``, spent or not (its flow may still be running)."""
+    if not nonce:
+        return None
+    state = session.get(
+        OAuthState,
+        _hash_nonce(nonce),
+        with_for_update=for_update,
+        populate_existing=True,
+    )
+    return state if state is not None and state.purpose == purpose else None
+
+
+def spend_once(
+    session: Session, key: str, purpose: str, *, expires_at: datetime
+) -> bool:
+    """Record ``key`` as used; False when it was used before (single-use links).
+
+    ``key`` is already a hash (64 hex characters); the row lives until ``expires_at``, after
+    which the thing it spends is refused anyway.
+    """
+    now = utcnow()
+    # Spent links of other days are refused by their expiry alone: forget them.
+    session.execute(
+        delete(OAuthState).where(
+            OAuthState.purpose == purpose,
+            OAuthState.expires_at < now - timedelta(days=1),
+        )
+    )
+    table = cast(Table, OAuthState.__table__)
+    stmt = (
+        _insert(session, table)
+        .values(
+            nonce_hash=key,
+            purpose=purpose,
+            data={},
+            created_at=now,
+            expires_at=expires_at,
+            used_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["nonce_hash"])
+    )
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from flask import Blueprint, Response, redirect, render_template, request, sessi
 from connector import meta_oauth
 from connector.crypto import keyring
 from connector.errors import OAuthStateError, PayloadError, SignatureError
-from connector.links import sign_admin_link, verify_admin_link
+from connector.links import link_expiry, link_key, sign_admin_link, verify_admin_link
 from connector.meta_oauth import (
     Connected,
     Grant,
@@ -34,6 +34,8 @@ bp = Blueprint("meta", __name__)
 
 #: the session key naming the connection whose Meta flow this browser started
 SESSION_KEY = "meta_connection"
+#: the OAuthState purpose recording spent admin links
+LINK_PURPOSE = "admin_link"
 
 
 def _message(
@@ -48,14 +50,37 @@ def _message(
 
 
 def _admin_connection(now: datetime) -> str:
-    """The connection id of a request signed by the store's admin page, or SignatureError."""
+    """The connection id of a request signed by the store's admin page, spending the link.
+
+    A link works once: a copy (a second tab, a logged or shared URL, the back button to a
+    cached page) is refused with a page saying to open the connector again, which hands
+    a fresh link to whoever can still open the store's admin.
+
+    Raises:
+        SignatureError: forged, expired, or used already.
+    """
     values = request.values
     connection_id = values.get("connection", "")
     token = values.get("token", "")
-    secret = get_runtime().settings.secret_key
-    if not connection_id or not verify_admin_link(secret, connection_id, token, now):
+    runtime = get_runtime()
+    secret = runtime.settings.secret_key
+    expires = link_expiry(token)
+    if (
+        not connection_id
+        or expires is None
+        or not verify_admin_link(secret, connection_id, token, now)
+    ):
         raise SignatureError(
             "this link is not valid or has expired; open the connector from your store's admin again"
+        )
+    with runtime.sessions.begin() as db:
+        fresh = queries.spend_once(
+            db, link_key(token), LINK_PURPOSE, expires_at=expires
+        )
+    if not fresh:
+        raise SignatureError(
+            "this link was used already (each link works once); open the connector from "
+            "your store's admin again"
         )
     return connection_id
 
