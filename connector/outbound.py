@@ -149,6 +149,20 @@ def checked_addresses(
     return addresses
 
 
+def check_url(url: str, policy: AddressPolicy, resolver: Resolver | None = None) -> None:
+    """Refuse early a URL whose host does not lead to permitted addresses (a form's feedback).
+
+    Only advice: the address is checked again on every connection, since a name can
+    resolve differently by then.
+
+    Raises:
+        UnresolvableHostError, UnsafeAddressError: as :func:`checked_addresses`.
+    """
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    checked_addresses(parts.hostname or "", port, policy, resolver or system_resolver)
+
+
 class _PinnedConnection(HTTPConnection):
     """Resolves, checks, then connects to a checked address; everything else is urllib3's."""
 

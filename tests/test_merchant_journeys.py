@@ -6,7 +6,8 @@ import html
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from tests.fakes.meta import blueprint as meta_blueprint
 from tests.fakes.server import serve
 from tests.fakes.shopify import FakeShopify
 from tests.fakes.woocommerce import FakeWooCommerce
+from tests.sockets import watch_connects
 
 API_KEY = "journey-client-id"
 API_SECRET = "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"
@@ -632,3 +634,265 @@ def test_woocommerce_two_connects_raced_leave_one_connection_and_three_webhooks(
     assert 400 <= replay.status_code < 500
     conn = load(world, conn.id)
     assert before == (conn.platform_key, conn.platform_token)
+
+
+# -- a stranger's takeover attempts --------------------------------------------------------
+
+
+def connect_woo_with_meta(world: World) -> str:
+    """The store's owner connects the store and Meta; returns the connection id."""
+    owner = Browser(world)
+    landing, _ = owner.follow(start_woo(owner))
+    assert "Your WooCommerce store is connected" in landing.text, landing.text
+    conn = find(world, "woocommerce", world.woo_url)
+    assert conn is not None
+    assert "ready" == wait_for_webhooks(world, conn.id)["status"]
+    done = owner.get(to_meta_callback(owner, connect_link(landing, landing.url)))
+    assert 200 == done.status_code, done.text
+    return conn.id
+
+
+def store_snapshot(world: World, connection_id: str) -> tuple[Any, ...]:
+    """Everything a takeover would change: keys, secret, pixel, Meta token, the store's webhooks."""
+    conn = load(world, connection_id)
+    return (
+        conn.status,
+        conn.platform_key,
+        conn.platform_token,
+        conn.webhook_secret,
+        conn.pixel_id,
+        conn.meta_token,
+        sorted(
+            (w["id"], w["topic"], w["delivery_url"], w["secret"], w["status"])
+            for w in world.woo.webhooks.values()
+        ),
+        sorted(world.woo.keys),
+    )
+
+
+@pytest.mark.parametrize(
+    "offered",
+    [
+        pytest.param("made-up", id="made-up-keys"),
+        pytest.param("another-store", id="keys-of-the-strangers-own-store"),
+        pytest.param(None, id="no-keys-just-success-1"),
+    ],
+)
+def test_a_stranger_cannot_take_over_a_connected_woocommerce_store(
+    world: World, offered: str | None
+) -> None:
+    """Connect with the victim's URL, post keys, return with success=1, try Meta: nothing changes."""
+    connection_id = connect_woo_with_meta(world)
+    before = store_snapshot(world, connection_id)
+    calls_before = len(world.woo.rest_calls)
+    exchanges = world.meta.count("/oauth/access_token")
+
+    stranger = Browser(world)
+    start = stranger.get(
+        f"{world.app_url}/woocommerce/connect", params={"store_url": world.woo_url}
+    )
+    assert 302 == start.status_code
+    state = dict(parse_qsl(urlsplit(start.headers["Location"]).query))["user_id"]
+    if offered is not None:
+        if offered == "made-up":
+            key, secret = "ck_" + "1" * 40, "cs_" + "2" * 40
+        else:
+            own = FakeWooCommerce().add_key()
+            key, secret = own.consumer_key, own.consumer_secret
+        answer = requests.post(
+            f"{world.app_url}/woocommerce/callback",
+            json={
+                "key_id": 7,
+                "user_id": state,
+                "consumer_key": key,
+                "consumer_secret": secret,
+                "key_permissions": "read_write",
+            },
+            timeout=10,
+        )
+        # WooCommerce's protocol: 200 keeps the keys on the store's side; nothing is adopted yet
+        assert 200 == answer.status_code
+    page = stranger.get(
+        f"{world.app_url}/woocommerce/return",
+        params={"user_id": state, "success": "1"},
+    )
+    assert page.status_code < 500
+    assert page.headers["Content-Type"].startswith("text/html")
+    assert "/meta/connect" not in page.text
+    assert "token=" not in page.text
+    assert connection_id not in page.text
+    assert "111222333444" not in page.text
+    if offered is not None:
+        assert_refused(page, 400, "did not accept the keys")
+    # the Meta steps of the takeover, without a link: forged or no token
+    for params in (
+        {"connection": connection_id},
+        {"connection": connection_id, "token": "9999999999.nonce.00"},
+    ):
+        assert_refused(
+            stranger.get(f"{world.app_url}/meta/connect", params=params), 401
+        )
+        assert_refused(stranger.post(f"{world.app_url}/meta/disconnect", params), 401)
+    wait_for_proofs(world)
+    assert before == store_snapshot(world, connection_id)
+    assert exchanges == world.meta.count("/oauth/access_token")
+    # the store was asked only to read its webhook list with the offered keys (the proof)
+    asked = world.woo.rest_calls[calls_before:]
+    assert {("GET", "/wp-json/wc/v3/webhooks")} >= {(m, p) for m, p, _ in asked}
+    assert (0 if offered is None else 1) == sum(a != "none" for _, _, a in asked)
+
+
+def test_the_return_page_waits_for_the_proof_and_shows_only_its_own_connection(
+    world: World,
+) -> None:
+    """Two stores: each owner's return page names only the connection their keys proved."""
+    connection_id = connect_woo_with_meta(world)
+    other = FakeWooCommerce(require_https_callback=False)
+    with serve(other.app) as other_server:
+        owner = Browser(world)
+        rv = owner.get(
+            f"{world.app_url}/woocommerce/connect",
+            params={"store_url": other_server.url},
+        )
+        grant = owner.get(rv.headers["Location"])
+        approve = APPROVE.search(grant.text)
+        assert approve is not None
+        landing, _ = owner.follow(urljoin(rv.headers["Location"], approve.group(1)))
+        assert "Your WooCommerce store is connected" in landing.text, landing.text
+        mine = find(world, "woocommerce", other_server.url)
+        assert mine is not None
+        assert mine.id in landing.text
+        assert connection_id not in landing.text
+        assert (
+            mine.id
+            == dict(parse_qsl(urlsplit(connect_link(landing, landing.url)).query))[
+                "connection"
+            ]
+        )
+        wait_for_webhooks(world, mine.id)
+
+
+def test_the_return_pages_meta_link_works_once_and_a_reload_gives_a_new_one(
+    world: World,
+) -> None:
+    """The Connect Meta link is spent by its first use; a second tab gets a clear 401; reload helps."""
+    owner = Browser(world)
+    landing, visited = owner.follow(start_woo(owner))
+    link = connect_link(landing, landing.url)
+    assert 302 == owner.get(link).status_code
+    second_tab = owner.get(link)
+    assert_refused(second_tab, 401, "used already")
+    conn = find(world, "woocommerce", world.woo_url)
+    assert conn is not None
+    wait_for_webhooks(world, conn.id)
+    reloaded = owner.get(visited[-1])
+    assert "no-store" == reloaded.headers["Cache-Control"]
+    fresh = connect_link(reloaded, reloaded.url)
+    assert fresh != link
+    done = owner.get(to_meta_callback(owner, fresh))
+    assert 200 == done.status_code, done.text
+    # the done page's Disconnect button carries its own single-use link
+    token = done.text.split('name="token" value="', 1)[1].split('"', 1)[0]
+    form = {"connection": conn.id, "token": token}
+    assert 200 == owner.post(f"{world.app_url}/meta/disconnect", form).status_code
+    assert_refused(
+        owner.post(f"{world.app_url}/meta/disconnect", form), 401, "used already"
+    )
+
+
+def test_admin_links_expire_in_minutes(world: World) -> None:
+    """A link signed eleven minutes ago no longer opens Meta's dialog."""
+    owner = Browser(world)
+    install_shopify(owner)
+    conn_id = find(world, "shopify", SHOP).id  # type: ignore[union-attr]
+    secret = world.runtime.settings.secret_key
+    old = sign_admin_link(secret, conn_id, datetime.now(UTC) - timedelta(minutes=11))
+    rv = owner.get(
+        f"{world.app_url}/meta/connect", params={"connection": conn_id, "token": old}
+    )
+    assert_refused(rv, 401, "expired")
+
+
+# -- store names leading inside --------------------------------------------------------------
+
+
+@contextmanager
+def strict_connector(
+    world: World, resolver: Callable[[str, int], list[str]]
+) -> Iterator[str]:
+    """The connector as deployed (no development switch), resolving store names with ``resolver``."""
+    settings = replace(
+        world.runtime.settings,
+        woocommerce_allow_insecure=False,
+        store_resolver=resolver,
+    )
+    app = create_app(runtime=replace(world.runtime, settings=settings))
+    with serve(app) as server:
+        yield server.url
+
+
+VICTIM = "https://victim-store.example"
+INTERNAL = ("127.0.0.1", "10.0.0.5", "169.254.169.254", "::1")
+
+
+@pytest.mark.parametrize("address", INTERNAL)
+def test_a_store_name_leading_inside_is_refused_readably(
+    world: World, address: str
+) -> None:
+    """A store URL whose name resolves to an internal address: a 400 page saying so, no state, no socket."""
+    with (
+        strict_connector(world, lambda host, port: [address]) as app_url,
+        watch_connects() as connects,
+    ):
+        stranger = Browser(world)
+        rv = stranger.get(
+            f"{app_url}/woocommerce/connect", params={"store_url": VICTIM}
+        )
+    assert_refused(
+        rv, 400, "victim-store.example does not lead to a public internet address"
+    )
+    assert address not in rv.text
+    assert "Location" not in rv.headers
+    assert 0 == unused_states(world)
+    # the store's port: the browser's own connections to the connector are on loopback too
+    assert not [c for c in connects if c[1] == 443]
+
+
+def test_dns_rebinding_between_connect_and_the_key_proof_is_refused(
+    world: World,
+) -> None:
+    """Public at /woocommerce/connect, the metadata service at the proof: refused, nothing connected."""
+    answers = [["93.184.215.14"]]
+
+    def rebinding(host: str, port: int) -> list[str]:
+        return answers.pop(0) if answers else ["169.254.169.254"]
+
+    with strict_connector(world, rebinding) as app_url, watch_connects() as connects:
+        stranger = Browser(world)
+        start = stranger.get(
+            f"{app_url}/woocommerce/connect", params={"store_url": VICTIM}
+        )
+        assert 302 == start.status_code, start.text
+        state = dict(parse_qsl(urlsplit(start.headers["Location"]).query))["user_id"]
+        answer = requests.post(
+            f"{app_url}/woocommerce/callback",
+            json={
+                "key_id": 1,
+                "user_id": state,
+                "consumer_key": "ck_" + "3" * 40,
+                "consumer_secret": "cs_" + "4" * 40,
+                "key_permissions": "read_write",
+            },
+            timeout=10,
+        )
+        assert 200 == answer.status_code
+        page = stranger.get(
+            f"{app_url}/woocommerce/return", params={"user_id": state, "success": "1"}
+        )
+        wait_for_proofs(world)
+    assert_refused(page, 400, "does not lead to a public internet address")
+    for word in ("169.254", "93.184", "Errno", "refused", "HTTPConnectionPool"):
+        assert word not in page.text
+    assert "/meta/connect" not in page.text
+    assert find(world, "woocommerce", VICTIM) is None
+    assert not [c for c in connects if c[1] == 443]

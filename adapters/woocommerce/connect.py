@@ -55,6 +55,12 @@ from connector.crypto import keyring
 from connector.domains import MAX_STORE_LENGTH, normalize_store_url
 from connector.errors import ConnectorError, PlatformError
 from connector.links import sign_admin_link
+from connector.outbound import (
+    UnresolvableHostError,
+    UnsafeAddressError,
+    check_url,
+    woocommerce_policy,
+)
 from connector.platform import PeriodicJob
 from connector.runtime import Runtime
 from connector.store import queries
@@ -548,6 +554,22 @@ def connect() -> BaseResponse:
         )
     except ValueError as exc:
         abort(400, description=str(exc))
+    try:
+        # Early feedback only: every connection to the store is checked again when made.
+        check_url(
+            store,
+            woocommerce_policy(runtime.settings),
+            runtime.settings.store_resolver,
+        )
+    except UnresolvableHostError:
+        pass  # perhaps a passing DNS failure; the key proof refuses it if it lasts
+    except UnsafeAddressError as exc:
+        return _page(
+            "This store cannot be connected",
+            f"<p>{escape(str(exc))}.</p>"
+            "<p><a href='/woocommerce/connect'>Enter another address</a>.</p>",
+            status=400,
+        )
     now = utcnow()
     with runtime.sessions.begin() as db:
         nonce = queries.issue_state(
