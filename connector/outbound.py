@@ -149,7 +149,9 @@ def checked_addresses(
     return addresses
 
 
-def check_url(url: str, policy: AddressPolicy, resolver: Resolver | None = None) -> None:
+def check_url(
+    url: str, policy: AddressPolicy, resolver: Resolver | None = None
+) -> None:
     """Refuse early a URL whose host does not lead to permitted addresses (a form's feedback).
 
     Only advice: the address is checked again on every connection, since a name can
