@@ -36,6 +36,11 @@ def _settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def connections(runtime: Runtime) -> dict[str, str]:
+    return make_connections(runtime)
+
+
+def make_connections(runtime: Runtime) -> dict[str, str]:
+    """A Shopify shop and a WooCommerce store, both connected to a pixel: their ids."""
     with runtime.sessions.begin() as session:
         shop = queries.upsert_connection(
             session,
