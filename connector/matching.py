@@ -28,6 +28,7 @@ __all__ = [
     "is_hashed",
     "normalize",
     "normalize_user_data",
+    "strip_elongation",
     "user_data",
 ]
 
@@ -54,11 +55,37 @@ def _letters_and_digits(value: str) -> str:
     Meta: "lowercase only with no punctuation, no special characters, and no spaces";
     text in other scripts is fine as UTF-8, and an NFD "é" must hash like an NFC one.
     """
-    text = unicodedata.normalize("NFC", value).lower()
+    text = strip_elongation(unicodedata.normalize("NFC", value)).lower()
     kept = "".join(ch for ch in text if unicodedata.category(ch)[0] in "LMN")
     # Compose again: lower() can decompose (İ -> i + U+0307), and dropping a character
     # can bring a base letter and its accent together ("e.\u0301" -> "é").
     return unicodedata.normalize("NFC", kept)
+
+
+#: Elongation marks: they stretch a word for looks and are letters to Unicode (Lm), so a
+#: name typed with them would hash unlike the same name typed without. ARABIC TATWEEL
+#: (kashida), NKO LAJANYALAN, and the Arabic presentation forms that are a tatweel
+#: carrying a mark (U+FE71, U+FE77, ...), which keep only their mark.
+_ELONGATION: Final[dict[int, str | None]] = {
+    0x0640: None,
+    0x07FA: None,
+    **{
+        code: unicodedata.normalize("NFKD", chr(code)).replace("\u0640", "")
+        for code in range(0xFE70, 0xFE80)
+        if "\u0640" in unicodedata.normalize("NFKD", chr(code))
+    },
+}
+
+
+def strip_elongation(value: str) -> str:
+    """``value`` without elongation marks (Arabic tatweel U+0640 and its kin).
+
+    "محـــمد" and "محمد" are one name; Meta's rule keeps only letters, and a tatweel
+    only draws a longer stroke between letters
+    (U+0640 in https://www.unicode.org/charts/PDF/U0600.pdf: "kashida", "inserted to
+    stretch characters").
+    """
+    return value.translate(_ELONGATION)
 
 
 def _ascii_key(value: str) -> str:

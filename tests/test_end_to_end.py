@@ -32,6 +32,7 @@ from connector.store.models import Base
 from tests.conftest import fixture_bytes, migrate_url
 from tests.fakes.graph import FakeGraph, make_app
 from tests.fakes.server import LiveServer
+from tests.lifecycle_orders import shopify_order, woo_order
 
 SHOPIFY_SECRET = "shpss_e2e_app_secret"
 API_VERSION = "v25.0"
@@ -796,3 +797,181 @@ def test_re_adding_an_uninstalled_shop_clears_the_uninstall_and_sends_what_it_he
     assert ("active", None) == (row["status"], row["status_reason"])
     drain(connector)
     assert [("Purchase", "5012345678901234567")] == graph.received("7770000002")
+
+
+# -- order lifecycles ----------------------------------------------------------------------
+
+
+def fresh_json(
+    payload: dict[str, Any], *, age: timedelta = timedelta(hours=30)
+) -> bytes:
+    """A built payload serialized, with every timestamp moved to ``age`` ago (as ``fresh``)."""
+    stamp = (datetime.now(UTC) - age).strftime("%Y-%m-%dT%H:%M:%S").encode()
+    return _TIMESTAMP.sub(stamp, json.dumps(payload).encode())
+
+
+def meta_received(graph: Graph, token: str) -> dict[str, dict[str, Any]]:
+    """event_id -> the event Meta received under this token; each id must come once."""
+    events = [e for _, e in sent_events(graph, token)]
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)), ids
+    return {e["event_id"]: e for e in events}
+
+
+def test_shopify_renewals_edits_and_meta_channel_reach_meta_as_the_rules_say(
+    connector: Run, web: str, graph: Graph
+) -> None:
+    """A subscription and two renewals, an edited COD order, and an order Meta already has."""
+    shop = "e2e-lifecycle.myshopify.com"
+    pixel, token = "1110000016", "tok-shopify-lifecycle"
+    graph.state.tokens.add(token)
+    connector(
+        "connections",
+        "add",
+        "shopify",
+        "--shop",
+        shop,
+        "--pixel-id",
+        pixel,
+        "--meta-token",
+        token,
+        "--test-event-code",
+        "TEST16",
+    )
+    line = (1, 11, 111, 1, 1, "30.00")
+    parent = shopify_order(6001, lines=[line], total="30.00")
+    renewals = [
+        shopify_order(
+            n,
+            lines=[line],
+            total="30.00",
+            source_name="subscription_contract_checkout_one",
+            browser=False,
+        )
+        for n in (6102, 6203)
+    ]
+    for order in (parent, *renewals):
+        rv = post_shopify(web, "orders/paid", fresh_json(order), shop)
+        assert {"status": "accepted", "new_events": 1} == rv.json()
+    # cash on delivery: mug 60 + tee 40; created unpaid, the tee removed, then marked paid
+    cod = shopify_order(
+        6300,
+        lines=[(1, 11, 111, 1, 1, "60.00"), (2, 22, 222, 1, 1, "40.00")],
+        total="100.00",
+        financial_status="pending",
+    )
+    created = post_shopify(web, "orders/create", fresh_json(cod), shop)
+    assert {"status": "skipped", "new_events": 0} == created.json()
+    cod["line_items"][1]["current_quantity"] = 0
+    cod.update(
+        financial_status="paid",
+        current_total_price="60.00",
+        current_total_price_set={
+            k: {"amount": "60.00", "currency_code": "USD"}
+            for k in ("shop_money", "presentment_money")
+        },
+    )
+    paid = post_shopify(web, "orders/paid", fresh_json(cod), shop)
+    assert {"status": "accepted", "new_events": 1} == paid.json()
+    meta_channel = shopify_order(
+        6400, lines=[line], total="30.00", source_name="2329312", browser=False
+    )
+    known = post_shopify(web, "orders/paid", fresh_json(meta_channel), shop)
+    assert {"status": "skipped", "new_events": 0} == known.json()
+
+    drain(connector)
+    drain(connector)
+    assert sorted(graph.received(pixel)) == [
+        ("Purchase", "6001"),
+        ("Purchase", "6102"),
+        ("Purchase", "6203"),
+        ("Purchase", "6300"),
+    ]
+    got = meta_received(graph, token)
+    assert "website" == got["6001"]["action_source"]
+    for renewal in ("6102", "6203"):
+        assert "system_generated" == got[renewal]["action_source"]
+        assert 30.0 == got[renewal]["custom_data"]["value"]
+    edited = got["6300"]["custom_data"]
+    assert 60.0 == edited["value"]
+    assert [{"id": "111", "quantity": 1, "item_price": 60.0}] == edited["contents"]
+    assert 1 == edited["num_items"]
+
+
+def test_woocommerce_renewals_and_dokan_sub_orders_reach_meta_as_the_rules_say(
+    connector: Run, web: str, graph: Graph
+) -> None:
+    """A subscription parent with two renewals copying its event id; a Dokan split checkout."""
+    secret = "wc-e2e-lifecycle"
+    pixel, token = "2220000016", "tok-woo-lifecycle"
+    graph.state.tokens.add(token)
+    conn_id = connection_id(
+        connector(
+            "connections",
+            "add",
+            "woocommerce",
+            "--store-url",
+            "https://woo-lifecycle.example",
+            "--webhook-secret",
+            secret,
+            "--pixel-id",
+            pixel,
+            "--meta-token",
+            token,
+            "--test-event-code",
+            "TEST16",
+        )
+    )
+    inherited = {"_meta_event_id": "wc-pixel-5001-ab12"}
+    subscription = [
+        woo_order(5001, lines=[(93, 0, 1, "20.00")], total="20.00", meta=inherited),
+        *(
+            woo_order(
+                n,
+                lines=[(93, 0, 1, "20.00")],
+                total="20.00",
+                created_via="subscription",
+                meta=inherited,
+            )
+            for n in (5102, 5203)
+        ),
+    ]
+    for order in subscription:
+        rv = post_woo(web, conn_id, "order.created", fresh_json(order), secret)
+        assert {"status": "accepted", "new_events": 1} == rv.json()
+    dokan_parent = woo_order(
+        7000, lines=[(301, 0, 1, "45.00"), (302, 0, 1, "50.00")], total="95.00"
+    )
+    sub_orders = [
+        woo_order(
+            n,
+            lines=[(product, 0, 1, price)],
+            total=price,
+            created_via="dokan",
+            parent_id=7000,
+        )
+        for n, product, price in ((7001, 301, "45.00"), (7002, 302, "50.00"))
+    ]
+    rv = post_woo(web, conn_id, "order.created", fresh_json(dokan_parent), secret)
+    assert 1 == rv.json()["new_events"]
+    for sub in sub_orders:
+        rv = post_woo(web, conn_id, "order.created", fresh_json(sub), secret)
+        assert {"status": "skipped", "new_events": 0} == rv.json()
+
+    drain(connector)
+    drain(connector)
+    assert sorted(graph.received(pixel)) == [
+        ("Purchase", "5102"),
+        ("Purchase", "5203"),
+        ("Purchase", "7000"),
+        ("Purchase", "wc-pixel-5001-ab12"),
+    ]
+    got = meta_received(graph, token)
+    assert 95.0 == got["7000"]["custom_data"]["value"]
+    assert {"5001", "5102", "5203"} == {
+        got[i]["custom_data"]["order_id"]
+        for i in ("wc-pixel-5001-ab12", "5102", "5203")
+    }
+    for renewal in ("5102", "5203"):
+        assert "system_generated" == got[renewal]["action_source"]
+        assert 20.0 == got[renewal]["custom_data"]["value"]

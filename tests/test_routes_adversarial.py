@@ -361,17 +361,20 @@ def test_unsigned_bodies_of_every_kind_are_refused_and_store_nothing(
 
 
 @pytest.mark.parametrize("route", POST_ROUTES)
-def test_a_body_over_one_mebibyte_is_413(
+def test_a_body_over_the_route_limit_is_413(
     client: Any, seeded: dict[str, str], unchanged: None, route: str
 ) -> None:
-    """A body past the limit is refused with 413 once the handler reads it."""
+    """A body past the route's limit (1 MiB, webhooks 10 MiB) is refused with 413."""
+    from connector.web import MAX_BODY_BYTES, WEBHOOK_MAX_BODY_BYTES
+
+    limit = WEBHOOK_MAX_BODY_BYTES if route.startswith("/webhooks/") else MAX_BODY_BYTES
     with client.session_transaction() as sess:
         sess["meta_connection"] = seeded[
             "shop"
         ]  # so /meta/pixel gets as far as its form
     rv = client.post(
         _path(route, seeded),
-        data=b"{" + b" " * (1024 * 1024 + 1) + b"}",
+        data=b"{" + b" " * (limit + 1) + b"}",
         headers={"Content-Type": "application/json"},
     )
     assert 413 == rv.status_code

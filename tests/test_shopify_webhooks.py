@@ -341,11 +341,11 @@ def one_byte_changed(body: bytes) -> bytes:
         pytest.param(b"\xff\xfe{}", b"\xff\xfe{}", {}, 400, id="signed-non-utf8"),
         pytest.param(b"[1, 2]", b"[1, 2]", {}, 400, id="signed-json-array"),
         pytest.param(
-            b"{" + b" " * (2 * 1024 * 1024) + b"}",
-            b"{" + b" " * (2 * 1024 * 1024) + b"}",
+            b"{" + b" " * (11 * 1024 * 1024) + b"}",
+            b"{" + b" " * (11 * 1024 * 1024) + b"}",
             {},
             413,
-            id="two-mebibytes",
+            id="eleven-mebibytes",
         ),
     ],
 )

@@ -49,11 +49,13 @@ def test_metrics_are_prometheus_text(client: Any) -> None:
     assert 'connector_events{status="pending"} 0' in rv.get_data(as_text=True)
 
 
-def test_bodies_over_one_mebibyte_get_413(client: Any) -> None:
-    """A body over 1 MiB is refused before anything reads it."""
+def test_webhook_bodies_over_the_webhook_limit_get_413(client: Any) -> None:
+    """A webhook body over WEBHOOK_MAX_BODY_BYTES is refused before anything reads it."""
+    from connector.web import WEBHOOK_MAX_BODY_BYTES
+
     rv = client.post(
         "/webhooks/shopify",
-        data=b"{" + b" " * (1024 * 1024) + b"}",
+        data=b"{" + b" " * WEBHOOK_MAX_BODY_BYTES + b"}",
         content_type="application/json",
     )
     assert 413 == rv.status_code

@@ -18,6 +18,13 @@ Connection settings read here (``ConnectionInfo.settings``):
 |                   | the ids Shopify's Facebook channel gives the  |             |
 |                   | Meta catalog)                                 |             |
 | ``catalog_country``| the two-letter country in ``catalog`` ids    | —           |
+| ``refunded_orders``| ``count``: a paid order is a conversion even | ``count``   |
+|                   | if refunded or cancelled later; ``skip``: an |             |
+|                   | order already refunded or cancelled when     |             |
+|                   | first seen paid makes no Purchase            |             |
+| ``excluded_channels``| ``source_name`` values (sales channels'   | ``["2329312"]``|
+|                   | app ids) whose orders are not sent: Meta     | (Facebook & |
+|                   | already has them                             | Instagram)  |
 
 ``catalog`` needs ``catalog_country``; without it content ids fall back to variant ids
 (``settings_problems`` reports it). Unknown values read as the default.
@@ -30,7 +37,15 @@ Money: the presentment currency (what the shopper saw and paid, and what the
 storefront pixel reports) from the ``*_set.presentment_money`` amounts. When an order
 lacks them, the whole event uses the shop currency instead, so ``value``, ``currency``
 and ``item_price`` always agree. ``value`` is the order's ``total_price`` (tax and
-shipping included) at the time of purchase.
+shipping included). An order edited before it was paid counts what the shopper pays:
+``current_total_price_set`` and each line's ``current_quantity`` (a removed line has
+``current_quantity`` 0 and is left out). A refund after payment does not lower the
+Purchase: for an order with refunds, refunded quantities are added back and the total is
+``total_price_set``.
+
+With ``content_id`` ``product`` the ids name products, which Meta's ``custom_data``
+reference calls product groups: ``content_type`` is ``product_group``; otherwise
+``product``.
 
 ``action_source`` by ``source_name``:
 
@@ -40,10 +55,14 @@ shipping included) at the time of purchase.
 | ``pos``                                  | ``physical_store``                       |
 | ``shopify_draft_order``                  | ``other`` (staff created it in the admin)|
 | ``iphone``, ``android`` (admin apps)     | ``other``                                |
-| ``subscription_contract``                | ``system_generated`` (a renewal)         |
-| anything else (a sales channel's app id) | ``website`` when the order came through  |
+| ``subscription_contract`` and every name | ``system_generated`` (a renewal: Shopify |
+| that starts with it (``subscription_``   | names these ``subscription_contract``,   |
+| ``contract_checkout_one``, ...)          | ``subscription_contract_checkout_one``)  |
+| a sales channel's numeric app id         | ``website`` when the order came through  |
 |                                          | a browser checkout (it has a landing     |
 |                                          | site or a user agent), else ``other``    |
+| any other name                           | as an app id; it is logged once per      |
+|                                          | process so the table can grow            |
 
 A ``website`` event needs the shopper's user agent (``client_details.user_agent``): Meta
 refuses website events without one, so such an order or checkout is sent as ``other``.
@@ -54,14 +73,17 @@ without its query (which carries an access key); for an InitiateCheckout the che
 page, ``abandoned_checkout_url`` without its query and ``/recover`` suffix. Without
 them, the shop's storefront ``https://<shop>/``.
 
-Skipped with a reason: test orders unless the connection is in test mode, orders
-cancelled before they were paid, unpaid orders at ``orders/create`` (by default),
+Skipped with a reason: test orders unless the connection is in test mode, orders from an
+excluded channel (``excluded_channels``), orders cancelled before they were paid, unpaid orders at ``orders/create`` (by default),
 ``checkouts/update`` before the checkout has an email or phone, and anything without a
 single customer identifier.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,10 +111,20 @@ PURCHASE_ON: Final = "purchase_on"
 CONTENT_ID: Final = "content_id"
 CATALOG_COUNTRY: Final = "catalog_country"
 
+REFUNDED_ORDERS: Final = "refunded_orders"
+EXCLUDED_CHANNELS: Final = "excluded_channels"
+
 PURCHASE_ON_VALUES: Final = ("paid", "created")
 CONTENT_ID_VALUES: Final = ("variant", "product", "sku", "catalog")
+REFUNDED_ORDERS_VALUES: Final = ("count", "skip")
+#: the Facebook & Instagram sales channel's app id, as Shopify writes it in ``source_name``
+#: (its orders carry the Meta commerce order ids in ``source_identifier``)
+META_CHANNEL_APP_ID: Final = "2329312"
+DEFAULT_EXCLUDED_CHANNELS: Final = (META_CHANNEL_APP_ID,)
 
 PAID_STATUSES: Final = frozenset({"paid", "partially_refunded", "refunded"})
+#: a paid order whose money went back in full; with ``refunded_orders: skip`` it is not sent
+REVERSED_STATUSES: Final = frozenset({"refunded", "voided"})
 
 _ACTION_SOURCES: Final[Mapping[str, ActionSource]] = {
     "web": "website",
@@ -102,6 +134,17 @@ _ACTION_SOURCES: Final[Mapping[str, ActionSource]] = {
     "android": "other",
     "subscription_contract": "system_generated",
 }
+#: ``source_name`` families: a name starting with one of these is a member
+_SOURCE_FAMILIES: Final[tuple[tuple[str, ActionSource], ...]] = (
+    ("subscription_contract", "system_generated"),
+    ("shopify_draft_order", "other"),
+)
+_APP_ID: Final = re.compile(r"[0-9]{1,20}")
+_LOGGABLE_SOURCE: Final = re.compile(r"[a-z0-9_.-]{1,64}")
+
+log = logging.getLogger(__name__)
+_unknown_sources: set[str] = set()
+_unknown_sources_lock = threading.Lock()
 
 
 def settings_problems(settings: Mapping[str, Any]) -> list[str]:
@@ -117,7 +160,28 @@ def settings_problems(settings: Mapping[str, Any]) -> list[str]:
         problems.append(
             f"{CONTENT_ID} catalog needs {CATALOG_COUNTRY}, a two-letter country code"
         )
+    refunded = settings.get(REFUNDED_ORDERS, "count")
+    if refunded not in REFUNDED_ORDERS_VALUES:
+        problems.append(
+            f"{REFUNDED_ORDERS} must be one of {', '.join(REFUNDED_ORDERS_VALUES)}"
+        )
+    channels = settings.get(EXCLUDED_CHANNELS, list(DEFAULT_EXCLUDED_CHANNELS))
+    if not isinstance(channels, list) or not all(
+        isinstance(c, str) and c.strip() for c in channels
+    ):
+        problems.append(
+            f"{EXCLUDED_CHANNELS} must be a list of source names (sales channels' app "
+            "ids), [] to exclude none"
+        )
     return problems
+
+
+def excluded_channels(settings: Mapping[str, Any]) -> frozenset[str]:
+    """The ``source_name`` values whose orders are not sent (Meta's own channel by default)."""
+    channels = settings.get(EXCLUDED_CHANNELS, DEFAULT_EXCLUDED_CHANNELS)
+    if not isinstance(channels, list | tuple):
+        return frozenset(DEFAULT_EXCLUDED_CHANNELS)
+    return frozenset(c.strip().lower() for c in channels if isinstance(c, str))
 
 
 def translate_order(
@@ -140,8 +204,20 @@ def translate_order(
 
     if order.get("test") is True and not conn.test_mode:
         return skip("test order, and the connection is not in test mode")
+    source_name = (text(order.get("source_name")) or "").lower()
+    if source_name and source_name in excluded_channels(conn.settings):
+        return skip(
+            f"the order came through sales channel {source_name[:40]}, "
+            f"which {EXCLUDED_CHANNELS} leaves out (Meta already has its orders)"
+        )
     status = (text(order.get("financial_status")) or "unknown").lower()
     paid = status in PAID_STATUSES or topic == topics.ORDERS_PAID
+    reversed_ = status in REVERSED_STATUSES or bool(order.get("cancelled_at"))
+    if paid and reversed_ and conn.settings.get(REFUNDED_ORDERS, "count") == "skip":
+        return skip(
+            f"order refunded or cancelled (financial_status {status}) "
+            f"and {REFUNDED_ORDERS} is skip"
+        )
     if order.get("cancelled_at") and not paid:
         return skip(f"order cancelled before it was paid (financial_status {status})")
     if status == "voided" and not paid:
@@ -164,7 +240,7 @@ def translate_order(
     if not user.has_identifier():
         return skip("no customer identifier in the order (all redacted or missing)")
     contents, num_items = _contents(order, prices, conn.settings)
-    source = _deliverable(_action_source(order), user)
+    source = _deliverable(action_source(order), user)
     event = CanonicalEvent(
         event_name=PURCHASE,
         event_id=order_id,
@@ -181,7 +257,7 @@ def translate_order(
             currency=prices.currency,
             contents=contents,
             content_ids=_unique(c.id for c in contents),
-            content_type="product",
+            content_type=_content_type(conn.settings),
             num_items=num_items,
             order_id=order_id,
         ),
@@ -220,7 +296,7 @@ def translate_checkout(
         return skip("no customer identifier in the checkout (all redacted or missing)")
     prices = _Prices.of(checkout)
     contents, num_items = _contents(checkout, prices, conn.settings)
-    source = _deliverable(_action_source(checkout), user)
+    source = _deliverable(action_source(checkout), user)
     event = CanonicalEvent(
         event_name=INITIATE_CHECKOUT,
         event_id=token,
@@ -237,7 +313,7 @@ def translate_checkout(
             currency=prices.currency if prices.total is not None else None,
             contents=contents,
             content_ids=_unique(c.id for c in contents),
-            content_type="product",
+            content_type=_content_type(conn.settings),
             num_items=num_items,
         ),
         customer_ref=customer_ref,
@@ -259,7 +335,14 @@ class _Prices:
     def of(cls, resource: Mapping[str, Any]) -> _Prices:
         shop_currency = _currency(resource.get("currency"))
         presentment_currency = _currency(resource.get("presentment_currency"))
-        bag = mapping(mapping(resource.get("total_price_set")).get("presentment_money"))
+        # An order edited before payment: its current total is what the shopper pays. A
+        # refund lowers the current total too, but not what the Purchase was worth.
+        field = (
+            "current_total_price"
+            if "current_total_price_set" in resource and not _refunds(resource)
+            else "total_price"
+        )
+        bag = mapping(mapping(resource.get(f"{field}_set")).get("presentment_money"))
         amount = money(bag.get("amount"))
         currency = _currency(bag.get("currency_code"))
         if amount is not None and currency is not None:
@@ -269,12 +352,12 @@ class _Prices:
                 total=amount,
                 plain_currency=shop_currency,
             )
-        if "total_price_set" in resource:
+        if f"{field}_set" in resource:
             # An order without presentment amounts: stay in the shop currency throughout.
             return cls(
                 which="shop_money",
                 currency=shop_currency,
-                total=money(resource.get("total_price")),
+                total=money(resource.get(field)),
                 plain_currency=shop_currency,
             )
         # Checkouts carry plain amounts in the presentment currency.
@@ -300,9 +383,10 @@ def _contents(
 ) -> tuple[tuple[Content, ...], int | None]:
     merged: dict[tuple[str, Decimal | None], int] = {}
     num_items = 0
+    refunded = _refunded_quantities(resource)
     for line in items(resource.get("line_items")):
         line = mapping(line)
-        count = quantity(line.get("quantity"))
+        count = _line_quantity(line, refunded)
         if count is None:
             continue
         num_items += count
@@ -316,6 +400,40 @@ def _contents(
         for (content_id, price), count in merged.items()
     )
     return contents, (num_items or None)
+
+
+def _line_quantity(line: Mapping[str, Any], refunded: Mapping[str, int]) -> int | None:
+    """The line's quantity as paid: after edits (``current_quantity``), before refunds."""
+    if "current_quantity" not in line:
+        return quantity(line.get("quantity"))  # checkouts, and orders from before 2022
+    current = line.get("current_quantity")
+    if isinstance(current, bool) or not isinstance(current, int) or current < 0:
+        return quantity(line.get("quantity"))
+    line_id = topics.shopify_id(line.get("id"))
+    return quantity(current + (refunded.get(line_id, 0) if line_id else 0))
+
+
+def _refunds(resource: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [mapping(r) for r in items(resource.get("refunds")) if mapping(r)]
+
+
+def _refunded_quantities(resource: Mapping[str, Any]) -> dict[str, int]:
+    """Line item id -> units refunded, from the order's ``refunds[].refund_line_items``."""
+    rv: dict[str, int] = {}
+    for refund in _refunds(resource):
+        for entry in items(refund.get("refund_line_items")):
+            entry = mapping(entry)
+            line_id = topics.shopify_id(entry.get("line_item_id"))
+            count = quantity(entry.get("quantity"))
+            if line_id and count:
+                rv[line_id] = rv.get(line_id, 0) + count
+    return rv
+
+
+def _content_type(settings: Mapping[str, Any]) -> str:
+    # Product ids name a product with all its variants: a product group, in Meta's words
+    # (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/custom-data#content-type).
+    return "product_group" if settings.get(CONTENT_ID) == "product" else "product"
 
 
 def _content_id(line: Mapping[str, Any], settings: Mapping[str, Any]) -> str | None:
@@ -358,16 +476,45 @@ def _event_time(
     return None
 
 
-def _action_source(resource: Mapping[str, Any]) -> ActionSource:
+def action_source(resource: Mapping[str, Any]) -> ActionSource:
+    """Meta's ``action_source`` for an order or checkout, from ``source_name`` and the order.
+
+    ``source_name`` is a free string Shopify extends without notice
+    (https://shopify.dev/docs/api/admin-rest/latest/resources/order#resource-object):
+    known names and families first, then what the order shows (a browser, or none).
+    """
     source = (text(resource.get("source_name")) or "").lower()
     if source in _ACTION_SOURCES:
         return _ACTION_SOURCES[source]
+    for prefix, family in _SOURCE_FAMILIES:
+        if source.startswith(prefix):
+            return family
     if not source and "abandoned_checkout_url" in resource:
         return "website"  # checkouts happen on the storefront
+    if source and not _APP_ID.fullmatch(source):
+        _note_unknown_source(source)
     browser = text(resource.get("landing_site")) or text(
         mapping(resource.get("client_details")).get("user_agent")
     )
-    return "website" if browser else "other"
+    if browser:
+        return "website"
+    if "subscription" in source:
+        return "system_generated"  # a renewal under a name not seen yet
+    return "other"
+
+
+def _note_unknown_source(source: str) -> None:
+    """Log a ``source_name`` outside the table once per process, so the table can grow."""
+    with _unknown_sources_lock:
+        if source in _unknown_sources or len(_unknown_sources) >= 1000:
+            return
+        _unknown_sources.add(source)
+    shown = source if _LOGGABLE_SOURCE.fullmatch(source) else "(unprintable)"
+    log.warning(
+        "Shopify source_name %s is not in the action_source table; "
+        "read from the order (browser or not)",
+        shown,
+    )
 
 
 def _deliverable(source: ActionSource, user: UserData) -> ActionSource:

@@ -10,8 +10,26 @@ What a merchant should know (and what a pixel has to repeat for Meta to deduplic
     Purchase. Every later delivery of the same order (completed, refunded, edited) makes the
     same event again, which the outbox's unique key turns into nothing.
 
+    A paid order stays a conversion when it is refunded or cancelled afterwards, whichever
+    delivery the connector sees first: ``refunded``, and ``cancelled`` with a
+    ``date_paid_gmt``, count. The connection setting ``refunded_orders: "skip"`` makes an
+    order that is already refunded or cancelled when the connector first sees it paid make
+    no Purchase (one already sent stays sent: Meta cannot take an event back).
+
+    A sub-order (``parent_id`` set: Dokan and other marketplaces split one checkout into a
+    parent order and one child order per vendor) is no conversion of its own: the parent
+    order, with the whole checkout's total, is the Purchase.
+
     ``event_id`` is the order's ``_meta_event_id`` meta value when the store records one (the
-    Facebook for WooCommerce plugin's pixel uses it), otherwise the order id, e.g. ``"727"``.
+    Facebook for WooCommerce plugin's pixel uses it) and the order is one the shopper's
+    browser placed (``created_via`` ``checkout`` or ``store-api``, not a renewal, not a
+    sub-order); otherwise the order id, e.g. ``"727"``. Plugins copy order meta between
+    orders (WooCommerce Subscriptions copies it from the parent to every renewal), so an id
+    read from meta is never trusted on an order no browser saw: each order is its own
+    conversion.
+
+    Amounts are the order's current ones (``total``, the line items as they are now): an
+    order edited before payment counts what the shopper pays.
 
 ``InitiateCheckout``
     From a block-checkout draft order (status ``checkout-draft``) once it carries an email or
@@ -40,11 +58,16 @@ Connection settings read here (``Connection.settings``; all optional):
 ``content_id`` (also read as ``content_id_format``)
     How a line item becomes a ``contents[].id``: ``"id"`` (default: the variation id when
     there is one, else the product id; ``"variant"`` and ``"variation"`` mean the same),
-    ``"product"`` (always the parent product's id), ``"sku"`` (the SKU, the id when it has
+    ``"product"`` (always the parent product's id; ``content_type`` is then
+    ``product_group``, Meta's name for ids that name a product and all its variations),
+    ``"sku"`` (the SKU, the id when it has
     none), or ``"facebook_retailer_id"`` (``{sku}_{id}``, or ``wc_post_id_{id}`` without a
     SKU: the ids the Facebook for WooCommerce plugin gives catalog items).
 ``on_hold_is_paid``
     ``true`` when the store's offline gateways mean "paid" by ``on-hold``.
+``refunded_orders``
+    ``"count"`` (default: a paid order is a conversion even if refunded or cancelled later)
+    or ``"skip"`` (an order already refunded or cancelled when first seen paid is not sent).
 ``action_sources``
     An object ``{created_via: action_source}`` that overrides rows of the table above.
 
@@ -81,11 +104,25 @@ INITIATE_CHECKOUT_PREFIX: Final = "wc_checkout_"
 #: the order meta key whose value, when present, is the Purchase event_id
 META_EVENT_ID_KEY: Final = "_meta_event_id"
 
-PAID_STATUSES: Final = frozenset({"processing", "completed"})
+PAID_STATUSES: Final = frozenset({"processing", "completed", "refunded"})
 NEVER_PAID_STATUSES: Final = frozenset(
-    {"checkout-draft", "pending", "failed", "cancelled", "trash", "draft", "auto-draft"}
+    {"checkout-draft", "pending", "failed", "trash", "draft", "auto-draft"}
 )
 ON_HOLD: Final = "on-hold"
+CANCELLED: Final = "cancelled"
+#: statuses of an order whose money went back (or never stayed): see ``refunded_orders``
+REVERSED_STATUSES: Final = frozenset({"refunded", CANCELLED})
+REFUNDED_ORDERS: Final = "refunded_orders"
+REFUNDED_ORDERS_VALUES: Final = ("count", "skip")
+#: ``created_via`` of an order the shopper's browser placed: the only orders whose
+#: ``_meta_event_id`` a pixel can have fired with
+BROWSER_CREATED_VIA: Final = frozenset({"checkout", "store-api"})
+#: order meta WooCommerce Subscriptions puts on an order it made for an existing subscription
+SUBSCRIPTION_ORDER_META: Final = (
+    "_subscription_renewal",
+    "_subscription_resubscribe",
+    "_subscription_switch",
+)
 CHECKOUT_DRAFT: Final = "checkout-draft"
 
 DEFAULT_ACTION_SOURCES: Final[Mapping[str, ActionSource]] = {
@@ -144,9 +181,22 @@ def translate(topic: str, payload: Any, conn: ConnectionInfo, now: datetime) -> 
         reason = (
             None if events else f"checkout draft {order_ref} has no email or phone yet"
         )
+    elif (parent := parent_order(payload)) is not None:
+        events = []
+        reason = (
+            f"order {order_ref} is a sub-order of order {parent}, "
+            "which is the conversion"
+        )
     elif is_paid(payload, conn.settings):
-        events = [_purchase(payload, order_id, conn, now)]
-        reason = None
+        if (
+            status in REVERSED_STATUSES
+            and conn.settings.get(REFUNDED_ORDERS, "count") == "skip"
+        ):
+            events = []
+            reason = f"order {order_ref} is {status} and {REFUNDED_ORDERS} is skip"
+        else:
+            events = [_purchase(payload, order_id, conn, now)]
+            reason = None
     else:
         events = []
         reason = f"order {order_ref} is {status[:32] or 'without a status'}: not paid"
@@ -177,13 +227,36 @@ def is_paid(order: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
         return False
     if status == ON_HOLD:
         return settings.get("on_hold_is_paid") is True
+    if status == CANCELLED:
+        # Cancelled after payment (a paid order the store gave up on) was paid; cancelled
+        # from pending or on-hold never was.
+        return _gmt(order.get("date_paid_gmt")) is not None
     return status in PAID_STATUSES or _gmt(order.get("date_paid_gmt")) is not None
 
 
+def parent_order(order: Mapping[str, Any]) -> str | None:
+    """The parent order's id when this order is a sub-order (Dokan's per-vendor orders)."""
+    parent = _int(order.get("parent_id"))
+    return str(parent) if parent is not None and parent > 0 else None
+
+
 def purchase_event_id(order: Mapping[str, Any], order_id: int) -> str:
-    """``_meta_event_id`` when the store records one, else the order id."""
+    """``_meta_event_id`` for an order the shopper's browser placed, else the order id.
+
+    Order meta is copied between orders by other plugins (WooCommerce Subscriptions copies
+    the parent order's meta to each renewal: https://woocommerce.com/document/subscriptions/develop/data-structure/),
+    so an id from meta is used only where a pixel can have fired it: an order made by the
+    checkout (``created_via`` ``checkout`` or ``store-api``) that is neither a sub-order nor
+    an order made for an existing subscription.
+    """
     value = _str(meta_value(order, META_EVENT_ID_KEY))
-    if value is not None and len(value) <= 255:
+    if (
+        value is not None
+        and len(value) <= 255
+        and (_str(order.get("created_via")) or "") in BROWSER_CREATED_VIA
+        and parent_order(order) is None
+        and not any(meta_value(order, key) for key in SUBSCRIPTION_ORDER_META)
+    ):
         return value
     return str(order_id)
 
@@ -246,6 +319,11 @@ def settings_problems(settings: Mapping[str, Any]) -> list[str]:
         settings["on_hold_is_paid"], bool
     ):
         problems.append("on_hold_is_paid must be true or false")
+    refunded = settings.get(REFUNDED_ORDERS)
+    if refunded is not None and refunded not in REFUNDED_ORDERS_VALUES:
+        problems.append(
+            f"{REFUNDED_ORDERS} must be one of {', '.join(REFUNDED_ORDERS_VALUES)}"
+        )
     overrides = settings.get("action_sources")
     if overrides is not None:
         if not isinstance(overrides, Mapping):
@@ -403,15 +481,28 @@ def _custom_data(
     if currency is None or len(currency) != 3 or not currency.isalpha():
         raise PayloadError(f"order {order_id} has no valid currency")
     fmt = content_id_format(settings)
-    contents = tuple(_contents(_list(order.get("line_items")), str(fmt)))
+    contents = _merged(_contents(_list(order.get("line_items")), str(fmt)))
     return CustomData(
         value=total,
         currency=currency.upper(),
         contents=contents,
         content_ids=tuple(dict.fromkeys(c.id for c in contents)),
-        content_type="product",
+        # Parent products are what Meta's custom_data reference calls product groups.
+        content_type="product_group" if fmt == "product" else "product",
         num_items=sum(c.quantity for c in contents) if contents else None,
         order_id=str(order_id),
+    )
+
+
+def _merged(contents: Iterable[Content]) -> tuple[Content, ...]:
+    """One entry per (id, item_price): two variations of one parent under ``product`` ids."""
+    merged: dict[tuple[str, Decimal | None], int] = {}
+    for content in contents:
+        key = (content.id, content.item_price)
+        merged[key] = merged.get(key, 0) + content.quantity
+    return tuple(
+        Content(id=content_id, quantity=count, item_price=price)
+        for (content_id, price), count in merged.items()
     )
 
 

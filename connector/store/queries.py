@@ -12,21 +12,23 @@ from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import Table, delete, func, or_, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector.errors import NotFoundError, OAuthStateError
-from connector.events import CanonicalEvent
+from connector.events import INITIATE_CHECKOUT, CanonicalEvent
 from connector.store.models import (
     Connection,
     ConnectionStatus,
     Event,
     EventStatus,
+    JsonDict,
     OAuthState,
     WebhookReceipt,
     utcnow,
 )
+from connector.store.types import UTCDateTime
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,6 +56,15 @@ class Accepted:
     receipt_id: int | None = None
     #: (event_name, event_id) of the events this delivery added to the outbox
     new_events: list[tuple[str, str]] = field(default_factory=list)
+    #: how many events not yet sent took this delivery's richer data (see REFRESHABLE_EVENTS)
+    refreshed_events: int = 0
+
+
+#: Events that a later delivery of the same thing may refresh while they wait to be sent: a
+#: checkout grows (an email first, then a name, an address, a phone). Once an event is sent,
+#: leased or tried, it is never changed. A Purchase is not refreshed: it is made when the
+#: order is paid, from the paid state.
+REFRESHABLE_EVENTS: frozenset[str] = frozenset({INITIATE_CHECKOUT})
 
 
 def _insert(session: Session, table: Any) -> Any:
@@ -114,10 +125,44 @@ _RECORD_DELIVERY_PG = text(
         WHERE EXISTS (SELECT 1 FROM r)
         ON CONFLICT DO NOTHING
         RETURNING event_name, event_id
+    ), u AS (
+        UPDATE events AS ev SET payload = x.payload, event_time = x.event_time,
+            customer_ref = COALESCE(x.customer_ref, ev.customer_ref)
+        FROM jsonb_to_recordset(CAST(:refresh AS jsonb)) AS x(event_name text, event_id text,
+            event_time timestamptz, payload json, customer_ref text, richness int)
+        WHERE EXISTS (SELECT 1 FROM r)
+            AND ev.connection_id = :connection_id AND ev.event_name = x.event_name
+            AND ev.event_id = x.event_id AND ev.status = 'pending' AND ev.lease_owner IS NULL
+            AND ev.attempts = 0 AND ev.send_count = 0
+            AND (SELECT count(*) FROM json_object_keys(ev.payload -> 'user_data')) <= x.richness
+        RETURNING ev.id
     )
-    SELECT (SELECT id FROM r), e.event_name, e.event_id FROM (SELECT 1) AS one LEFT JOIN e ON true
+    SELECT (SELECT id FROM r), (SELECT count(*) FROM u), e.event_name, e.event_id
+    FROM (SELECT 1) AS one LEFT JOIN e ON true
     """
 )
+
+# SQLite: the same refresh as the PostgreSQL statement's ``u``, run before the INSERT so that
+# it only ever touches rows an earlier delivery stored.
+_REFRESH_SQLITE = text(
+    """
+    UPDATE events SET payload = :payload, event_time = :event_time,
+        customer_ref = COALESCE(:customer_ref, customer_ref)
+    WHERE connection_id = :connection_id AND event_name = :event_name
+        AND event_id = :event_id AND status = 'pending' AND lease_owner IS NULL
+        AND attempts = 0 AND send_count = 0
+        AND (SELECT count(*) FROM json_each(events.payload, '$.user_data')) <= :richness
+    RETURNING id
+    """
+).bindparams(
+    bindparam("payload", type_=JsonDict),
+    bindparam("event_time", type_=UTCDateTime()),
+)
+
+
+def _richness(event: CanonicalEvent) -> int:
+    """How many customer information keys an event carries: more is a better match."""
+    return len(event.to_meta().get("user_data") or {})
 
 
 def _receipt_params(receipt: ReceiptIn, now: datetime) -> dict[str, Any]:
@@ -160,19 +205,37 @@ def _record_delivery_pg(
                     for ev in events
                 ]
             ),
+            "refresh": json.dumps(
+                [
+                    {
+                        "event_name": ev.event_name,
+                        "event_id": ev.event_id,
+                        "event_time": ev.event_time.isoformat(),
+                        "payload": ev.to_meta(),
+                        "customer_ref": ev.customer_ref,
+                        "richness": _richness(ev),
+                    }
+                    for ev in events
+                    if ev.event_name in REFRESHABLE_EVENTS
+                ]
+            ),
         },
     ).all()
     receipt_id = rows[0][0] if rows else None
     if receipt_id is None:
         return Accepted(duplicate_delivery=True)
-    added = {(name, event_id) for _, name, event_id in rows if name is not None}
+    refreshed = int(rows[0][1] or 0)
+    added = {(name, event_id) for _, _, name, event_id in rows if name is not None}
     new = [
         (ev.event_name, ev.event_id)
         for ev in events
         if (ev.event_name, ev.event_id) in added
     ]
     return Accepted(
-        duplicate_delivery=False, receipt_id=int(receipt_id), new_events=new
+        duplicate_delivery=False,
+        receipt_id=int(receipt_id),
+        new_events=new,
+        refreshed_events=refreshed,
     )
 
 
@@ -186,7 +249,10 @@ def record_delivery(
     """Record a receipt and its events atomically; report what was new.
 
     Within the caller's transaction when there is one; on PostgreSQL it is a single statement,
-    so it is atomic on an autocommit connection too.
+    so it is atomic on an autocommit connection too. An event of :data:`REFRESHABLE_EVENTS`
+    already in the outbox and still untouched (pending, never leased or tried) takes the new
+    delivery's payload when it carries at least as many customer information keys; an event
+    sent, being sent or tried keeps what it had, so nothing is sent twice.
     """
     now = now or utcnow()
     dialect = _dialect(session)
@@ -199,6 +265,23 @@ def record_delivery(
         return Accepted(duplicate_delivery=True)
     if not events:
         return Accepted(duplicate_delivery=False, receipt_id=int(receipt_row[0]))
+    refreshed = 0
+    for ev in events:
+        if ev.event_name in REFRESHABLE_EVENTS:
+            refreshed += len(
+                session.execute(
+                    _REFRESH_SQLITE,
+                    {
+                        "payload": ev.to_meta(),
+                        "event_time": ev.event_time,
+                        "customer_ref": ev.customer_ref,
+                        "connection_id": receipt.connection_id,
+                        "event_name": ev.event_name,
+                        "event_id": ev.event_id,
+                        "richness": _richness(ev),
+                    },
+                ).all()
+            )
     rows = [
         {
             "connection_id": receipt.connection_id,
@@ -230,7 +313,10 @@ def record_delivery(
         if (ev.event_name, ev.event_id) in added
     ]
     return Accepted(
-        duplicate_delivery=False, receipt_id=int(receipt_row[0]), new_events=new
+        duplicate_delivery=False,
+        receipt_id=int(receipt_row[0]),
+        new_events=new,
+        refreshed_events=refreshed,
     )
 
 

@@ -11,8 +11,16 @@ from connector import registry
 from connector.config import Settings, load_settings
 from connector.runtime import Runtime
 
-#: Shopify and WooCommerce bodies are small; past this, something is wrong (and it's 413)
+#: Forms and OAuth callbacks are small; past this, something is wrong (and it's 413)
 MAX_BODY_BYTES = 1024 * 1024
+#: Webhook bodies: an order carries every line, and a POS order of 400 lines is over 1 MB.
+#: A 413 makes Shopify retry and in the end remove the subscription, so the webhook routes
+#: accept what a store can send: Shopify's Express package reads webhooks with a 500 kB cap
+#: (``express.text({limit: '500kb'})`` in shopify-app-express), which large orders exceed,
+#: so this is sized from the orders themselves, with room: a 400-line POS order is about
+#: 1.1 MB (some 2.8 kB a line, tax and discount lines included), so 10 MiB holds over
+#: 3,500 such lines.
+WEBHOOK_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
 def create_app(
@@ -42,9 +50,16 @@ def create_app(
     @app.before_request
     def refuse_large_bodies() -> None:
         # Werkzeug refuses a large body only when a handler reads it; refuse it up front, so
-        # every route answers 413 the same way, whatever it reads first.
+        # every route answers 413 the same way, whatever it reads first. The per-request
+        # limit also bounds a chunked body, which has no Content-Length.
+        limit = (
+            WEBHOOK_MAX_BODY_BYTES
+            if request.blueprint == webhooks.bp.name
+            else MAX_BODY_BYTES
+        )
+        request.max_content_length = limit
         length = request.content_length
-        if length is not None and length > MAX_BODY_BYTES:
+        if length is not None and length > limit:
             raise RequestEntityTooLarge()
 
     app.register_blueprint(health.bp)
