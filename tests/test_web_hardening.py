@@ -331,3 +331,38 @@ def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_pro
         client, "correct horse", ip="10.0.0.1", **{"X-Forwarded-For": "192.0.2.99"}
     )
     assert (429 if throttled else 200) == rv.status_code
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        pytest.param("production", None, 1, id="production-behind-heroku-router"),
+        pytest.param("production", "0", 0, id="production-exposed-directly"),
+        pytest.param("production", "2", 2, id="production-behind-a-cdn-too"),
+        pytest.param("development", None, 0, id="development-trusts-nobody"),
+    ],
+)
+def test_trusted_proxy_hops_default_to_the_hosts_router_in_production(
+    env: str, value: str | None, expected: int
+) -> None:
+    """CONNECTOR_TRUSTED_PROXIES: one hop (Heroku's router) in production unless set."""
+    from cryptography.fernet import Fernet
+
+    environ = {
+        "CONNECTOR_ENV": env,
+        "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "SECRET_KEY": "s",
+        "APP_URL": "https://connector.example",
+    }
+    if value is not None:
+        environ["CONNECTOR_TRUSTED_PROXIES"] = value
+    assert expected == Settings.from_env(environ).trusted_proxies
+
+
+@pytest.mark.parametrize("value", ["-1", "6", "one"])
+def test_a_trusted_proxy_count_out_of_range_is_refused(value: str) -> None:
+    """A count that no deployment has is a configuration error, named."""
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CONNECTOR_TRUSTED_PROXIES"):
+        Settings.from_env({"CONNECTOR_TRUSTED_PROXIES": value})
