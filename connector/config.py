@@ -68,6 +68,8 @@ class Settings:
     store_resolver: Callable[[str, int], Sequence[str]] | None = field(
         default=None, compare=False, repr=False
     )
+    #: reverse proxies in front of the web process whose X-Forwarded-For/-Proto are trusted
+    trusted_proxies: int = 0
 
     @property
     def is_production(self) -> bool:
@@ -148,6 +150,15 @@ class Settings:
         }
         if allow_insecure and env == "production":
             problems.append("WOOCOMMERCE_ALLOW_INSECURE_URLS is for development only")
+        # Heroku's router is one proxy and sets X-Forwarded-For/-Proto; nothing else is trusted.
+        trusted_proxies = _int(
+            environ,
+            "CONNECTOR_TRUSTED_PROXIES",
+            1 if env == "production" else 0,
+            problems,
+        )
+        if not 0 <= trusted_proxies <= 5:
+            problems.append("CONNECTOR_TRUSTED_PROXIES must be between 0 and 5")
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -179,6 +190,7 @@ class Settings:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             http_timeout=http_timeout,
+            trusted_proxies=trusted_proxies,
         )
 
 

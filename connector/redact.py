@@ -1,4 +1,12 @@
-"""Secrets never reach a log line: urllib3 logs every request's query string at DEBUG."""
+"""Secrets never reach a log line.
+
+urllib3 logs every outgoing request's query string at DEBUG, and a web server's access log
+records every incoming one: admin-link tokens, OAuth codes, states and HMACs, session-token
+JWTs. :func:`redact_query` blanks the values of the parameters that carry them wherever they
+appear in a line; :class:`RedactSecrets` applies it to log records, and
+:func:`redact_headers` blanks whole header values that are secrets by nature (cookies,
+credentials, webhook signatures).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,30 @@ SECRET_PARAMS = (
     "oauth_signature",
     "consumer_key",
     "consumer_secret",
+    # incoming: admin links, OAuth callbacks (Shopify's and Meta's), WooCommerce's connect
+    # flow (its ``user_id`` is our state), App Bridge session tokens, cookies in any text
+    "token",
+    "id_token",
+    "session_token",
+    "refresh_token",
+    "state",
+    "hmac",
+    "signature",
+    "session",
+    "user_id",
+    "password",
+)
+#: request and response headers whose whole value is a secret
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "proxy-authorization",
+        "x-shopify-hmac-sha256",
+        "x-wc-webhook-signature",
+        "x-shopify-access-token",
+    }
 )
 _SECRET_IN_QUERY = re.compile(
     r"(?P<key>(?<![A-Za-z0-9_])(?:" + "|".join(SECRET_PARAMS) + r")=)[^&\s\"']*"
@@ -28,6 +60,13 @@ _SECRET_IN_QUERY = re.compile(
 def redact_query(text: str) -> str:
     """``text`` with the values of :data:`SECRET_PARAMS` replaced, wherever they appear."""
     return _SECRET_IN_QUERY.sub(r"\g<key>[redacted]", text)
+
+
+def redact_headers(name: str, value: str) -> str:
+    """``value`` blanked when header ``name`` carries a secret, else with its query redacted."""
+    if name.lower() in SECRET_HEADERS:
+        return "[redacted]"
+    return redact_query(value)
 
 
 class RedactSecrets(logging.Filter):
@@ -52,10 +91,17 @@ _FILTER = RedactSecrets()
 
 
 def install() -> None:
-    """Put the filter on urllib3's request log (idempotent)."""
+    """Put the filter on urllib3's request log and on the root logger's handlers (idempotent).
+
+    A filter on a logger sees only records logged there, not those propagated from its
+    children; a filter on a handler sees every record the handler writes.
+    """
     logger = logging.getLogger("urllib3.connectionpool")
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
+    for handler in logging.getLogger().handlers:
+        if _FILTER not in handler.filters:
+            handler.addFilter(_FILTER)
 
 
 install()

@@ -682,6 +682,214 @@ def test_signed_but_strange_payloads_never_fail(
     assert rv.status_code in {200, 400}, rv.get_data()[:300]
 
 
+# -- signed bodies holding what no column keeps ------------------------------------------
+
+_RAW_SURROGATE = b"\xed\xa0\x80"  # U+D800 encoded as if it were a character
+
+
+def _woo_with(**fields: Any) -> bytes:
+    return json.dumps({**json.loads(_WOO_ORDER), **fields}).encode()
+
+
+def _shopify_with(**fields: Any) -> bytes:
+    return json.dumps({**json.loads(_ORDER), **fields}).encode()
+
+
+def _raw_surrogate_in(body: bytes, field: bytes) -> bytes:
+    """``body`` with a raw surrogate spliced into the string value of ``"field": "``."""
+    marker = b'"' + field + b'": "'
+    assert marker in body
+    return body.replace(marker, marker + _RAW_SURROGATE, 1)
+
+
+def _number_as(body: bytes, field: str, literal: bytes) -> bytes:
+    """``body`` with ``field`` (set to the placeholder 7) written as the JSON number ``literal``."""
+    marker = f'"{field}": 7'.encode()
+    assert marker in body
+    return body.replace(marker, f'"{field}": '.encode() + literal, 1)
+
+
+_UNSTORABLE_BODIES = {
+    "woo-raw-surrogate-in-status": (
+        "woocommerce",
+        _raw_surrogate_in(_woo_with(), b"status"),
+    ),
+    "woo-raw-surrogate-in-billing-name": (
+        "woocommerce",
+        _raw_surrogate_in(_woo_with(), b"first_name"),
+    ),
+    "woo-escaped-surrogate": ("woocommerce", _woo_with(status="processing\ud800")),
+    "woo-escaped-nul": ("woocommerce", _woo_with(customer_note="a\x00b")),
+    "woo-escaped-nul-in-id": (
+        "woocommerce",
+        b'{"id": "\\u0000", "status": "processing"}',
+    ),
+    "woo-id-65-digits": ("woocommerce", _woo_with(id=int("9" * 65))),
+    "woo-customer-id-65-digits": ("woocommerce", _woo_with(customer_id=int("9" * 65))),
+    "woo-id-1e308": ("woocommerce", _number_as(_woo_with(id=7), "id", b"1e308")),
+    "woo-customer-id-1e308": (
+        "woocommerce",
+        _number_as(_woo_with(customer_id=7), "customer_id", b"1e308"),
+    ),
+    "woo-negative-70-digits": ("woocommerce", _woo_with(id=-int("9" * 70))),
+    "shopify-raw-surrogate-in-email": (
+        "shopify",
+        _raw_surrogate_in(_shopify_with(), b"email"),
+    ),
+}
+#: Shopify's translation refuses an order id that is no int64 as a bad payload (400), before
+#: anything reaches a column; these must stay 400, not turn into a 500 on PostgreSQL.
+_REFUSED_BODIES = {
+    "shopify-id-65-digits": ("shopify", _shopify_with(id=int("9" * 65))),
+    "shopify-id-1e308": ("shopify", _number_as(_shopify_with(id=7), "id", b"1e308")),
+}
+
+
+def _receipts(runtime: Runtime) -> list[Any]:
+    from connector.store.models import WebhookReceipt
+
+    with runtime.sessions() as s:
+        return list(s.scalars(select(WebhookReceipt)))
+
+
+@pytest.mark.parametrize(
+    ("platform", "body"),
+    list(_UNSTORABLE_BODIES.values()),
+    ids=list(_UNSTORABLE_BODIES),
+)
+def test_a_signed_body_the_database_cannot_keep_is_recorded_as_unusable(
+    client: Any,
+    runtime: Runtime,
+    seeded: dict[str, str],
+    platform: str,
+    body: bytes,
+) -> None:
+    """Raw or escaped surrogates, NUL, ids of 65 digits or 1e308: 200, recorded with the reason.
+
+    PostgreSQL refuses such values where SQLite keeps them; either way the delivery gets no
+    5xx (WooCommerce counts those towards disabling the webhook and never retries), no
+    event, and a receipt saying why.
+    """
+    before = row_counts(runtime)
+    if platform == "shopify":
+        rv = client.post("/webhooks/shopify", data=body, headers=_shopify_headers(body))
+    else:
+        rv = client.post(
+            f"/webhooks/woocommerce/{seeded['woo']}",
+            data=body,
+            headers=_woo_headers(body),
+        )
+    assert 200 == rv.status_code, rv.get_data()[:300]
+    assert {"status": "skipped", "new_events": 0} == rv.get_json()
+    after = row_counts(runtime)
+    assert before["events"] == after["events"]
+    (receipt,) = _receipts(runtime)
+    assert "skipped" == receipt.outcome
+    assert receipt.detail
+
+
+@pytest.mark.parametrize(
+    ("platform", "body"), list(_REFUSED_BODIES.values()), ids=list(_REFUSED_BODIES)
+)
+def test_a_signed_shopify_order_without_a_usable_id_is_a_400(
+    client: Any, unchanged: None, platform: str, body: bytes
+) -> None:
+    """An id no int64 holds is Shopify's bad payload: 400 and nothing stored, on both databases."""
+    rv = client.post("/webhooks/shopify", data=body, headers=_shopify_headers(body))
+    assert 400 == rv.status_code
+
+
+#: values that once reached a column they do not fit, on PostgreSQL
+_POISON = [
+    10**64,
+    10**65,
+    -(10**65),
+    2**63,
+    1e308,
+    -1e308,
+    float("inf"),
+    float("nan"),
+    "\ud800",
+    "tail \udfff",
+    "a\x00b",
+    "x" * 300,
+    "9" * 65,
+]
+_odd_leaf = st.one_of(
+    st.sampled_from(_POISON),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.floats(),  # NaN and infinities included: Python's JSON reader accepts them
+    st.text(max_size=300),  # surrogates and NUL included
+    st.text(alphabet=st.characters(codec="utf-8"), min_size=60, max_size=600),
+)
+_odd_value = st.recursive(
+    _odd_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+#: the fields that reach a column: ids and references the adapters keep
+_KEY_FIELDS = {
+    "shopify": ["id", "checkout_token", "token", "email", "customer", "order_number"],
+    "woocommerce": ["id", "customer_id", "status", "date_modified_gmt", "billing"],
+}
+
+
+@hsettings(
+    max_examples=60,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    platform=st.sampled_from(["shopify", "woocommerce"]),
+    data=st.data(),
+    raw=st.booleans(),
+)
+def test_signed_bodies_with_odd_text_and_numbers_never_fail(
+    client: Any,
+    runtime: Runtime,
+    seeded: dict[str, str],
+    platform: str,
+    data: st.DataObject,
+    raw: bool,
+) -> None:
+    """Any id, reference or field set to huge numbers, NaN, surrogates, NUL or long text: no 5xx.
+
+    ``raw`` writes the text as UTF-8 bytes with surrogates passed through (bytes ``ED A0 80``),
+    which Python's JSON reader accepts; otherwise they are ``\\uD800`` escapes. Run on
+    PostgreSQL (TEST_DATABASE_URL) this is the check that matters: it enforces lengths, text
+    encoding and JSON numbers where SQLite does not.
+    """
+    doc = json.loads(_ORDER if platform == "shopify" else _WOO_ORDER)
+    for name in data.draw(
+        st.lists(st.sampled_from(_KEY_FIELDS[platform]), min_size=1, max_size=3)
+    ):
+        doc[name] = data.draw(st.one_of(_odd_leaf, _odd_value))
+    if data.draw(st.booleans()):
+        path = data.draw(st.lists(st.integers(min_value=0, max_value=200), max_size=4))
+        doc = _mutate(doc, path, data.draw(_odd_value))
+    if raw:
+        body = json.dumps(doc, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    else:
+        body = json.dumps(doc).encode()
+    if platform == "shopify":
+        rv = client.post(
+            "/webhooks/shopify",
+            data=body,
+            headers=_shopify_headers(
+                body, **{"X-Shopify-Webhook-Id": f"odd-{hash(body)}"}
+            ),
+        )
+    else:
+        rv = client.post(
+            f"/webhooks/woocommerce/{seeded['woo']}",
+            data=body,
+            headers=_woo_headers(body),
+        )
+    assert rv.status_code in {200, 400}, rv.get_data()[:300]
+
+
 # -- OAuth states: forged, expired, replayed ------------------------------------------
 
 

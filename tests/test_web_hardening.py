@@ -12,7 +12,6 @@ from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Base
 from connector.web import create_app
-from tests.fakes.woocommerce import woocommerce_signature
 
 
 @pytest.fixture
@@ -130,33 +129,240 @@ def test_a_405_names_the_allowed_methods(client: Any) -> None:
     assert "GET" in rv.headers["Allow"]
 
 
+# -- framing: every page refuses to be framed, except the Shopify page in the shop's admin ---
+
+FRAME_NOBODY = "frame-ancestors 'none'"
+HTML = {"Accept": "text/html"}
+
+
 @pytest.mark.parametrize(
-    ("body", "detail"),
+    ("method", "path", "status"),
     [
-        pytest.param(
-            b'{"id": 1, "status": "\\ud800"}', "surrogate", id="lone-surrogate"
-        ),
-        pytest.param(b'{"id": "\\u0000", "status": "processing"}', "NUL", id="nul"),
+        pytest.param("GET", "/admin", 200, id="admin-page"),
+        pytest.param("GET", "/meta/connect?connection=abc&token=1.x", 401, id="401"),
+        pytest.param("GET", "/woocommerce/return?user_id=x&success=1", 400, id="400"),
+        pytest.param("GET", "/no/such/page", 404, id="404"),
+        pytest.param("PUT", "/admin", 405, id="405"),
+        pytest.param("POST", "/meta/pixel", 413, id="413"),
     ],
 )
-def test_a_signed_body_with_text_no_database_keeps_is_a_400(
-    client: Any, runtime: Runtime, body: bytes, detail: str
+def test_every_html_page_refuses_framing(
+    client: Any, method: str, path: str, status: int
 ) -> None:
-    """Unpaired surrogates and NUL characters are refused as bad payloads, not stored."""
-    with runtime.sessions.begin() as s:
-        cid = queries.upsert_connection(
-            s, "woocommerce", "https://example.com", webhook_secret="sek"
-        ).id
-    before = row_count(runtime)
-    rv = client.post(
-        f"/webhooks/woocommerce/{cid}",
-        data=body,
-        headers={
-            "X-WC-Webhook-Signature": woocommerce_signature(body, "sek"),
-            "X-WC-Webhook-Topic": "order.updated",
-            "Content-Type": "application/json",
-        },
+    """Pages and error pages carry frame-ancestors 'none' and X-Frame-Options: DENY."""
+    headers = dict(HTML)
+    data = b"x" * (1024 * 1024 + 1) if status == 413 else None
+    rv = client.open(path, method=method, headers=headers, data=data)
+    assert (status, "text/html") == (rv.status_code, rv.mimetype)
+    assert FRAME_NOBODY == rv.headers["Content-Security-Policy"]
+    assert "DENY" == rv.headers["X-Frame-Options"]
+
+
+def test_a_500_page_refuses_framing_too(
+    make_settings: Callable[..., Settings], tmp_path: Any
+) -> None:
+    """An unexpected failure (here: a database without tables) still answers unframeable."""
+    rt = Runtime.from_settings(
+        make_settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}")
     )
-    assert 400 == rv.status_code
-    assert detail in rv.get_json()["detail"]
-    assert before == row_count(runtime)
+    try:
+        rv = create_app(runtime=rt).test_client().get("/admin", headers=HTML)
+    finally:
+        rt.close()
+    assert (500, "text/html") == (rv.status_code, rv.mimetype)
+    assert FRAME_NOBODY == rv.headers["Content-Security-Policy"]
+    assert "DENY" == rv.headers["X-Frame-Options"]
+
+
+def test_the_shopify_page_may_be_framed_only_by_the_shops_admin(
+    client: Any, runtime: Runtime
+) -> None:
+    """Shopify's rule: frame-ancestors is the shop's own domain and admin.shopify.com, exactly.
+
+    https://shopify.dev/docs/apps/build/security/set-up-iframe-protection
+    """
+    shop = "frame-shop.myshopify.com"
+    with runtime.sessions.begin() as s:
+        queries.upsert_connection(s, "shopify", shop)
+    with client.session_transaction() as sess:
+        sess["shopify_shop"] = shop  # the browser that finished the install
+    rv = client.get(f"/shopify/app?shop={shop}", headers=HTML)
+    assert (200, "text/html") == (rv.status_code, rv.mimetype)
+    assert (
+        f"frame-ancestors https://{shop} https://admin.shopify.com;"
+        == rv.headers["Content-Security-Policy"]
+    )
+    assert "X-Frame-Options" not in rv.headers  # it would forbid what the policy allows
+
+
+# -- session cookies ----------------------------------------------------------------------
+
+
+def test_the_session_cookie_is_samesite_lax_secure_and_http_only(
+    client: Any, runtime: Runtime
+) -> None:
+    """Starting the Meta sign-in sets the session; it never travels on cross-site subrequests."""
+    from connector.links import sign_admin_link
+    from connector.store.models import utcnow
+
+    with runtime.sessions.begin() as s:
+        cid = queries.upsert_connection(s, "shopify", "cookie-shop.myshopify.com").id
+    token = sign_admin_link(runtime.settings.secret_key, cid, utcnow())
+    rv = client.get(f"/meta/connect?connection={cid}&token={token}")
+    assert 302 == rv.status_code
+    cookie = rv.headers["Set-Cookie"]
+    attrs = {a.strip().split("=")[0].lower(): a.strip() for a in cookie.split(";")}
+    assert "SameSite=Lax" == attrs["samesite"]
+    assert {"secure", "httponly"} <= attrs.keys()
+
+
+# -- /admin login throttle ----------------------------------------------------------------
+
+
+class Clock:
+    """Seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def admin_client(
+    make_settings: Callable[..., Settings], clock: Clock
+) -> Iterator[Callable[..., Any]]:
+    """Clients of one app with ADMIN_PASSWORD set and the login throttle on ``clock``."""
+    from connector.web.login_throttle import LoginThrottle
+
+    made: list[Runtime] = []
+
+    def factory(**overrides: Any) -> Any:
+        rt = Runtime.from_settings(
+            make_settings(admin_password="correct horse", **overrides)
+        )
+        made.append(rt)
+        throttle = LoginThrottle(per_client=5, overall=50, window=900, clock=clock)
+        return create_app(runtime=rt, login_throttle=throttle)
+
+    yield factory
+    for rt in made:
+        rt.close()
+
+
+def _login(client: Any, password: str, ip: str = "203.0.113.7", **headers: str) -> Any:
+    from werkzeug.datastructures import Authorization
+
+    return client.get(
+        "/admin",
+        auth=Authorization("basic", {"username": "admin", "password": password}),
+        environ_base={"REMOTE_ADDR": ip},
+        headers=headers,
+    )
+
+
+def test_failed_logins_from_one_address_are_throttled_then_released(
+    admin_client: Callable[..., Any], clock: Clock
+) -> None:
+    """After 5 wrong passwords in 15 minutes, even the right one gets 429 until the window passes."""
+    client = admin_client().test_client()
+    for _ in range(5):
+        clock.now += 10
+        assert 401 == _login(client, "guess").status_code
+    clock.now += 100
+    rv = _login(client, "correct horse")
+    assert 429 == rv.status_code
+    # the first failure (at +10 s) leaves the 900 s window at +910 s: 760 s from now (+150 s)
+    assert "760" == rv.headers["Retry-After"]
+    assert 200 == _login(client, "correct horse", ip="198.51.100.1").status_code
+    clock.now += 760
+    assert 200 == _login(client, "correct horse").status_code
+
+
+def test_failed_logins_spread_over_many_addresses_are_throttled_overall(
+    admin_client: Callable[..., Any], clock: Clock
+) -> None:
+    """50 failures from 50 addresses stop every login, wherever it comes from."""
+    client = admin_client().test_client()
+    for i in range(50):
+        assert 401 == _login(client, "guess", ip=f"192.0.2.{i}").status_code
+    rv = _login(client, "correct horse", ip="198.51.100.2")
+    assert 429 == rv.status_code
+    assert 900 == int(rv.headers["Retry-After"])
+    clock.now += 900
+    assert 200 == _login(client, "correct horse", ip="198.51.100.2").status_code
+
+
+def test_a_browsers_first_request_without_credentials_is_no_failure(
+    admin_client: Callable[..., Any],
+) -> None:
+    """The 401 challenge a browser gets before asking for the password costs nothing."""
+    client = admin_client().test_client()
+    for _ in range(20):
+        rv = client.get("/admin", environ_base={"REMOTE_ADDR": "203.0.113.9"})
+        assert 401 == rv.status_code
+    assert 200 == _login(client, "correct horse", ip="203.0.113.9").status_code
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxies", "throttled"),
+    [
+        pytest.param(0, True, id="no-proxy: forged X-Forwarded-For changes nothing"),
+        pytest.param(1, False, id="one-proxy: the router's last hop is the client"),
+    ],
+)
+def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
+    admin_client: Callable[..., Any], trusted_proxies: int, throttled: bool
+) -> None:
+    """CONNECTOR_TRUSTED_PROXIES=1 (Heroku's router) believes one X-Forwarded-For hop, 0 none."""
+    client = admin_client(trusted_proxies=trusted_proxies).test_client()
+    for i in range(5):
+        rv = _login(
+            client, "guess", ip="10.0.0.1", **{"X-Forwarded-For": f"192.0.2.{i}"}
+        )
+        assert 401 == rv.status_code
+    rv = _login(
+        client, "correct horse", ip="10.0.0.1", **{"X-Forwarded-For": "192.0.2.99"}
+    )
+    assert (429 if throttled else 200) == rv.status_code
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "expected"),
+    [
+        pytest.param("production", None, 1, id="production-behind-heroku-router"),
+        pytest.param("production", "0", 0, id="production-exposed-directly"),
+        pytest.param("production", "2", 2, id="production-behind-a-cdn-too"),
+        pytest.param("development", None, 0, id="development-trusts-nobody"),
+    ],
+)
+def test_trusted_proxy_hops_default_to_the_hosts_router_in_production(
+    env: str, value: str | None, expected: int
+) -> None:
+    """CONNECTOR_TRUSTED_PROXIES: one hop (Heroku's router) in production unless set."""
+    from cryptography.fernet import Fernet
+
+    environ = {
+        "CONNECTOR_ENV": env,
+        "CONNECTOR_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
+        "SECRET_KEY": "s",
+        "APP_URL": "https://connector.example",
+    }
+    if value is not None:
+        environ["CONNECTOR_TRUSTED_PROXIES"] = value
+    assert expected == Settings.from_env(environ).trusted_proxies
+
+
+@pytest.mark.parametrize("value", ["-1", "6", "one"])
+def test_a_trusted_proxy_count_out_of_range_is_refused(value: str) -> None:
+    """A count that no deployment has is a configuration error, named."""
+    from connector.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="CONNECTOR_TRUSTED_PROXIES"):
+        Settings.from_env({"CONNECTOR_TRUSTED_PROXIES": value})

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from connector import registry
+from connector import redact, registry
 from connector.config import Settings, load_settings
 from connector.runtime import Runtime
+from connector.web.login_throttle import LoginThrottle
 
 #: Forms and OAuth callbacks are small; past this, something is wrong (and it's 413)
 MAX_BODY_BYTES = 1024 * 1024
@@ -23,10 +25,20 @@ MAX_BODY_BYTES = 1024 * 1024
 WEBHOOK_MAX_BODY_BYTES = 10 * 1024 * 1024
 
 
+#: what a page that is not embedded in Shopify's admin allows as its framer: no one
+FRAME_NOBODY = "frame-ancestors 'none'"
+
+
 def create_app(
-    settings: Settings | None = None, runtime: Runtime | None = None
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    login_throttle: LoginThrottle | None = None,
 ) -> Flask:
-    """Build the web app; settings default to the environment (with dev keys where allowed)."""
+    """Build the web app; settings default to the environment (with dev keys where allowed).
+
+    ``login_throttle`` counts failed ``/admin`` logins (a fresh one by default; tests pass
+    one with their own clock).
+    """
     if runtime is None:
         runtime = Runtime.from_settings(settings or load_settings())
     settings = runtime.settings
@@ -35,12 +47,23 @@ def create_app(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         SESSION_COOKIE_SECURE=settings.app_url.startswith("https://"),
-        SESSION_COOKIE_SAMESITE="None"
-        if settings.app_url.startswith("https://")
-        else "Lax",
+        # Every flow that uses the session (Meta connect, WooCommerce connect, the Shopify
+        # install callback) runs in a top-level window, where Lax cookies travel; the page
+        # embedded in Shopify's admin authenticates with App Bridge session tokens and sets
+        # no cookie, so nothing needs SameSite=None.
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_HTTPONLY=True,
     )
     app.extensions["connector"] = runtime
+    app.extensions["login_throttle"] = login_throttle or LoginThrottle()
     _configure_logging()
+    if settings.trusted_proxies:
+        # Heroku's router appends the client's address to X-Forwarded-For and sets
+        # X-Forwarded-Proto; only that many hops are believed, and no Host or prefix.
+        hops = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
+        )
 
     from connector.web import admin, errors, health, webhooks
     from connector.web import meta as meta_routes
@@ -61,6 +84,20 @@ def create_app(
         length = request.content_length
         if length is not None and length > limit:
             raise RequestEntityTooLarge()
+
+    @app.after_request
+    def forbid_framing(rv: Response) -> Response:
+        # Clickjacking: only a page that names its framers (the Shopify page embedded in the
+        # shop's admin) may be framed, and only by them. Error pages included.
+        # https://shopify.dev/docs/apps/build/security/set-up-iframe-protection
+        policy = rv.headers.get("Content-Security-Policy", "")
+        if "frame-ancestors" not in policy:
+            rv.headers["Content-Security-Policy"] = (
+                f"{policy.rstrip('; ')}; {FRAME_NOBODY}" if policy else FRAME_NOBODY
+            )
+            rv.headers["X-Frame-Options"] = "DENY"
+        rv.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return rv
 
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
@@ -85,3 +122,4 @@ def _configure_logging() -> None:
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
+    redact.install()  # on the handlers just made too

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hmac
 from html import escape
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from sqlalchemy import func, select
+from werkzeug.exceptions import TooManyRequests
 
 from connector.errors import NotFoundError
 from connector.store.models import Connection, Event
 from connector.web import get_runtime
+from connector.web.login_throttle import LoginThrottle
 
 bp = Blueprint("admin", __name__)
 
@@ -23,9 +25,30 @@ def _authorized() -> bool:
             "127.0.0.1",
             "::1",
         }
+    return _password_accepted(settings.admin_password)
+
+
+def _password_accepted(password: str) -> bool:
+    """The Basic-auth password checked against ``password``, throttled per address and overall.
+
+    Raises:
+        TooManyRequests: too many recent failures (429 with Retry-After).
+    """
+    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    client = request.remote_addr or "-"
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        raise TooManyRequests(
+            "too many failed logins; try again later", retry_after=wait
+        )
     auth = request.authorization
-    given = (auth.password or "") if auth is not None else ""
-    return hmac.compare_digest(given.encode(), settings.admin_password.encode())
+    if auth is None:
+        return False  # the browser's first request, before it asks for a password
+    if hmac.compare_digest((auth.password or "").encode(), password.encode()):
+        throttle.succeeded(client)
+        return True
+    throttle.failed(client)
+    return False
 
 
 @bp.get("/admin")

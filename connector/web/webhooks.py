@@ -21,6 +21,7 @@ from connector.platform import (
     Action,
     ConnectionInfo,
     DataRequest,
+    Outcome,
     RedactCustomer,
     RedactStore,
     ScopesUpdated,
@@ -30,49 +31,28 @@ from connector.platform import (
 from connector.registry import get_adapter
 from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, WebhookReceipt, utcnow
-from connector.web import get_runtime
+from connector.web import get_runtime, storable
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
 
-
-#: JSON escapes no platform sends in real data: NUL, and (possibly unpaired) surrogates
-_SUSPECT_ESCAPES = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+_UNSTORABLE = "the store sent a body the database cannot keep"
 
 
 def parse_json(body: bytes) -> Any:
     """The body as JSON, or PayloadError (400).
 
-    Text the database cannot store is refused here too: NUL characters (PostgreSQL text) and
-    unpaired surrogates (not UTF-8). The check only runs when such an escape appears at all.
+    Text the database cannot keep (raw or escaped surrogates, NUL) parses here; the delivery
+    is then recorded as unusable (see :mod:`connector.web.storable`), not refused.
     """
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError("the body is not valid JSON") from exc
     except (
         RecursionError
     ) as exc:  # thousands of nested brackets: no platform sends that
         raise PayloadError("the body is nested too deeply") from exc
-    if _SUSPECT_ESCAPES.search(body):
-        try:
-            text = json.dumps(payload, ensure_ascii=False)
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise PayloadError("the body holds an unpaired UTF-16 surrogate") from exc
-        if _holds_nul(payload):
-            raise PayloadError("the body holds a NUL character")
-    return payload
-
-
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
-    return False
 
 
 @bp.post("/webhooks/<platform>")
@@ -140,7 +120,11 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
             # Test mode is having a test_event_code: a test order must never reach Meta as real.
             test_mode=bool(target.test_event_code),
         )
-        outcome = adapter.handle(envelope.topic, payload, info, now)
+        unusable = storable.text_problem(req.body, payload)
+        if unusable is None:
+            outcome = adapter.handle(envelope.topic, payload, info, now)
+        else:
+            outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
         outcome_name = (
             "accepted"
             if outcome.events
@@ -159,6 +143,13 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
             order_ref=outcome.order_ref,
             customer_ref=outcome.customer_ref,
         )
+        unusable = storable.unfit(receipt, outcome.events)
+        if unusable is not None:
+            # Recorded, answered 200: a platform would only retry (Shopify) or count the
+            # failure towards disabling the webhook (WooCommerce) over a body it cannot fix.
+            outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
+            outcome_name = "skipped"
+            receipt = storable.fitted(receipt, outcome.skipped or "")
         if outcome.action is None:
             accepted = queries.record_delivery(db, receipt, outcome.events, now=now)
     if outcome.action is not None:

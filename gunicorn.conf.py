@@ -1,0 +1,54 @@
+"""The web process's server settings (gunicorn), read by the Procfile's ``web`` line.
+
+Environment (all optional):
+
+- ``PORT``: the port to listen on, all interfaces (the host sets it; default 8000).
+- ``WEB_CONCURRENCY``: worker processes (Heroku sets it from the dyno size; default 2).
+- ``WEB_WORKER_CONNECTIONS``: open connections one worker serves at once (default 200).
+
+Why these values (README "Deploying: the web edge" says more):
+
+- ``gevent`` workers: each connection is a greenlet, so a client that sends its headers or
+  body a byte at a time, or opens a connection and says nothing, costs one idle greenlet and
+  blocks no one; with ``sync`` workers two such sockets stopped every webhook. psycopg 3
+  waits cooperatively once ``select`` is monkey-patched (the worker patches before the app,
+  and so psycopg, is imported; nothing here imports them), SQLAlchemy's pool queue uses the
+  patched locks, and the webhook path does no network I/O of its own.
+- ``timeout``: a worker whose event loop is stuck for this long is restarted (it is a
+  heartbeat, not a per-request limit, for gevent workers).
+- ``graceful_timeout``: on SIGTERM in-flight requests get this long; Heroku sends SIGKILL 30 s
+  after SIGTERM, so it stays well inside that.
+- Request line and header limits match Heroku's router (8 KiB per line), so nothing the
+  router passes on is refused here, and nothing larger reaches the app.
+"""
+
+from __future__ import annotations
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT') or '8000'}"
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
+worker_class = "gevent"
+worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS") or 200)
+
+timeout = 25
+graceful_timeout = 20
+keepalive = 5
+
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# One access line per request on stdout, with query values and secret headers redacted.
+accesslog = "-"
+errorlog = "-"
+access_log_format = (
+    '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s ua="%(a)s"'
+)
+logger_class = "connector.access_log.RedactingLogger"
+# No runtime control socket: a dyno is managed by signals, and none is left in $HOME.
+control_socket_disable = True
+
+# Forwarded headers are trusted by the app itself (werkzeug's ProxyFix, see
+# CONNECTOR_TRUSTED_PROXIES), not by gunicorn, so only one layer decides.
+forwarded_allow_ips = "127.0.0.1,::1"
