@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 
+from connector.crypto import fernet_key
 from connector.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -97,11 +98,12 @@ class Settings:
         )
         for i, key in enumerate(keys, 1):
             try:
-                Fernet(key)
-            except (ValueError, TypeError):
+                fernet_key(key)
+            except ValueError:
                 problems.append(
                     f"CONNECTOR_ENCRYPTION_KEYS entry {i} is not a Fernet key "
-                    "(32 url-safe base64-encoded bytes; make one with `connector keys generate`)"
+                    "(32 url-safe base64-encoded bytes; make one with `connector keys generate`) "
+                    "nor a random secret of at least 32 characters"
                 )
         app_url = (environ.get("APP_URL") or "http://localhost:8000").rstrip("/")
         parts = urlsplit(app_url)
