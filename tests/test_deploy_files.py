@@ -146,9 +146,7 @@ def test_the_schema_check_catches_what_heroku_would_refuse(
     broken: dict[str, Any],
 ) -> None:
     """The transcribed schema is strict enough to fail on a wrong field."""
-    assert not Draft202012Validator(APP_JSON_SCHEMA).is_valid(
-        {**app_json(), **broken}
-    )
+    assert not Draft202012Validator(APP_JSON_SCHEMA).is_valid({**app_json(), **broken})
 
 
 def test_app_json_runs_both_processes_on_postgresql() -> None:
@@ -165,7 +163,8 @@ def test_app_json_runs_both_processes_on_postgresql() -> None:
 def test_every_app_json_setting_is_described() -> None:
     """A person deploying sees what each setting is for."""
     for name, spec in app_json()["env"].items():
-        assert isinstance(spec, dict) and spec.get("description"), name
+        assert isinstance(spec, dict), name
+        assert spec.get("description"), name
 
 
 def _deployed_environment(doc: dict[str, Any]) -> dict[str, str]:

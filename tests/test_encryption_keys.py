@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from connector.config import Settings
 from connector.crypto import KDF_INFO, KDF_SALT, KeyRing, fernet_key
-from connector.errors import ConfigError
+from connector.errors import ConfigError, CryptoError
 
 
 def rfc5869_hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int) -> bytes:
@@ -76,7 +76,7 @@ def test_a_derived_key_first_and_an_old_fernet_key_after_rotate_cleanly() -> Non
     ring.install([secrets.token_hex(32), old])
     rotated = ring.rotate(token)
     assert "meta-token" == ring.decrypt(rotated)
-    with pytest.raises(Exception):  # noqa: B017 - the old key alone cannot read the new token
+    with pytest.raises(CryptoError):  # the old key alone cannot read the new token
         old_ring.decrypt(rotated)
 
 
@@ -91,7 +91,9 @@ def test_a_derived_key_first_and_an_old_fernet_key_after_rotate_cleanly() -> Non
 )
 def test_a_weak_secret_is_refused_at_start(weak: str) -> None:
     """A typo or a placeholder is a configuration problem, named, not a silent weak key."""
-    with pytest.raises(ConfigError, match="CONNECTOR_ENCRYPTION_KEYS entry 1 is not a Fernet key"):
+    with pytest.raises(
+        ConfigError, match="CONNECTOR_ENCRYPTION_KEYS entry 1 is not a Fernet key"
+    ):
         Settings.from_env({"CONNECTOR_ENCRYPTION_KEYS": weak})
     with pytest.raises(ValueError, match="neither a Fernet key"):
         fernet_key(weak)
