@@ -64,6 +64,13 @@ class Settings:
     lease_seconds: int = 120
     poll_interval: float = 1.0
     http_timeout: float = 20.0
+    #: a Bearer token that opens /metrics in production (ADMIN_PASSWORD does too)
+    metrics_token: str | None = None
+    #: "json" (one object per line) or "text"; json by default in production
+    log_format: str = "text"
+    #: retention (connector.retention): personal data of sent events, and webhook receipts
+    retain_personal_data_days: int = 30
+    retain_receipts_days: int = 7
 
     @property
     def is_production(self) -> bool:
@@ -145,6 +152,25 @@ class Settings:
         }
         if allow_insecure and env == "production":
             problems.append("WOOCOMMERCE_ALLOW_INSECURE_URLS is for development only")
+        log_format = (
+            environ.get("CONNECTOR_LOG_FORMAT")
+            or ("json" if env == "production" else "text")
+        ).lower()
+        if log_format not in {"json", "text"}:
+            problems.append(
+                f"CONNECTOR_LOG_FORMAT must be json or text, not {log_format!r}"
+            )
+        retain_personal = _int(
+            environ, "CONNECTOR_RETAIN_PERSONAL_DATA_DAYS", 30, problems
+        )
+        retain_receipts = _int(environ, "CONNECTOR_RETAIN_RECEIPTS_DAYS", 7, problems)
+        if retain_personal < 1 or retain_receipts < 3:
+            # Shopify retries a delivery for up to 4 hours and its redelivery keeps the
+            # delivery id; 3 days keeps every retry deduplicated with a margin.
+            problems.append(
+                "CONNECTOR_RETAIN_PERSONAL_DATA_DAYS must be at least 1 and "
+                "CONNECTOR_RETAIN_RECEIPTS_DAYS at least 3"
+            )
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -176,6 +202,10 @@ class Settings:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             http_timeout=http_timeout,
+            metrics_token=environ.get("METRICS_TOKEN") or None,
+            log_format=log_format,
+            retain_personal_data_days=retain_personal,
+            retain_receipts_days=retain_receipts,
         )
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from connector import registry
+from connector import logs, registry
 from connector.config import Settings, load_settings
 from connector.runtime import Runtime
 
@@ -32,11 +30,12 @@ def create_app(
         else "Lax",
     )
     app.extensions["connector"] = runtime
-    _configure_logging()
+    logs.configure(settings.log_format, process="web")
 
-    from connector.web import admin, errors, health, webhooks
+    from connector.web import admin, errors, health, observe, webhooks
     from connector.web import meta as meta_routes
 
+    observe.init_app(app)
     errors.init_app(app)
 
     @app.before_request
@@ -62,11 +61,3 @@ def get_runtime() -> Runtime:
     """The runtime of the app handling the current request."""
     runtime: Runtime = current_app.extensions["connector"]
     return runtime
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
