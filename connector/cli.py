@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import column, select, table, update
 
-from connector import __version__
+from connector import __version__, logs
 from connector.config import load_settings
 from connector.crypto import generate_key, keyring
 from connector.errors import ConnectorError, GraphError
@@ -62,12 +63,21 @@ class ConnectorGroup(click.Group):
             raise click.ClickException(str(exc)) from exc
 
 
+#: commands that run as a host's processes: their log lines go to stdout, as the host expects;
+#: the others keep stdout for their output (an id, JSON) and log to stderr
+PROCESS_COMMANDS = {"serve": "web", "worker": "worker", "db": "release"}
+
+
 @click.group(cls=ConnectorGroup)
 @click.version_option(__version__, prog_name="connector")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Send Shopify and WooCommerce conversions to Meta's Conversions API."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    process = PROCESS_COMMANDS.get(ctx.invoked_subcommand or "", "cli")
+    logs.configure(
+        logs.format_for(os.environ),
+        process=process,
+        stream=sys.stdout if process != "cli" else sys.stderr,
     )
     # Alembic announces each of its plugins at INFO; the migrations it runs stay visible.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -146,6 +146,15 @@ _RESERVED = [
 ]
 
 
+def format_for(environ: Mapping[str, str]) -> str:
+    """``CONNECTOR_LOG_FORMAT``, else json in production and text elsewhere (as Settings reads it)."""
+    chosen = (environ.get("CONNECTOR_LOG_FORMAT") or "").strip().lower()
+    if chosen in {"json", "text"}:
+        return chosen
+    env = (environ.get("CONNECTOR_ENV") or "").strip().lower()
+    return "json" if env == "production" else "text"
+
+
 class _ConnectorHandler(logging.StreamHandler[TextIO]):
     """The handler :func:`configure` installs, recognizable so a second call replaces it."""
 
