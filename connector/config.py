@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import platformdirs
 from cryptography.fernet import Fernet
 
 from connector.crypto import fernet_key
@@ -26,6 +27,36 @@ DEFAULT_SHOPIFY_SCOPES = "read_orders"
 SECRETS_FILE = "secrets.json"
 
 
+#: the distribution's name, also the per-user data folder's
+APP_NAME = "capi-connector"
+
+
+def source_checkout() -> Path | None:
+    """The project folder when the connector runs from its source (an editable install)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        pyproject = (root / "pyproject.toml").read_text()
+    except OSError:
+        return None
+    return root if f'name = "{APP_NAME}"' in pyproject else None
+
+
+def default_instance_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the development instance lives when CONNECTOR_INSTANCE_PATH is not set.
+
+    The same folder from any working directory: the project's ``instance/`` when the
+    connector runs from its source folder (where ``connector serve`` has always put it), else
+    the user's data folder (``$XDG_DATA_HOME/capi-connector``, by default
+    ``~/.local/share/capi-connector`` on Linux; platformdirs' rules elsewhere).
+    """
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / "instance"
+    if environ is not None and environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]).expanduser().resolve() / APP_NAME
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)).resolve()
+
+
 def normalize_database_url(url: str) -> str:
     """Heroku hands out postgres://, which SQLAlchemy >= 1.4 rejects; we speak psycopg 3."""
     scheme, sep, rest = url.partition("://")
@@ -39,7 +70,7 @@ class Settings:
     """Everything the connector reads from its environment."""
 
     env: str = "development"
-    instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
+    instance_path: Path = field(default_factory=lambda: default_instance_path())
     database_url: str = ""
     encryption_keys: tuple[str, ...] = ()
     secret_key: str = ""
@@ -92,9 +123,12 @@ class Settings:
             problems.append(
                 f"CONNECTOR_ENV must be development, production or test, not {env!r}"
             )
-        instance_path = Path(
-            environ.get("CONNECTOR_INSTANCE_PATH") or "instance"
-        ).resolve()
+        configured = environ.get("CONNECTOR_INSTANCE_PATH")
+        instance_path = (
+            Path(configured).expanduser().resolve()
+            if configured
+            else default_instance_path(environ)
+        )
         database_url = normalize_database_url(
             environ.get("DATABASE_URL") or f"sqlite:///{instance_path / 'connector.db'}"
         )
@@ -269,6 +303,21 @@ def with_dev_secrets(settings: Settings) -> Settings:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for a process: the environment, plus development keys where allowed."""
-    return with_dev_secrets(
-        Settings.from_env(os.environ if environ is None else environ)
-    )
+    environ = os.environ if environ is None else environ
+    settings = Settings.from_env(environ)
+    stray = Path.cwd() / "instance"
+    if (
+        not settings.is_production
+        and not environ.get("CONNECTOR_INSTANCE_PATH")
+        and (stray / SECRETS_FILE).exists()
+        and stray.resolve() != settings.instance_path
+    ):
+        # An instance an older version made in this folder; not used unless asked for.
+        log.warning(
+            "using the development instance in %s; the one in %s is not used "
+            "(set CONNECTOR_INSTANCE_PATH=%s to use it)",
+            settings.instance_path,
+            stray.resolve(),
+            stray.resolve(),
+        )
+    return with_dev_secrets(settings)
