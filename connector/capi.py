@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, get_args
@@ -17,7 +18,7 @@ from urllib.parse import urlencode
 import requests
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
-from connector import __version__
+from connector import __version__, metrics
 from connector.config import Settings
 from connector.errors import GraphError
 from connector.events import ActionSource
@@ -245,6 +246,21 @@ class GraphClient:
         )
         url = self.events_url(pixel_id)
         payload = encode_request_body(body)
+        started = time.monotonic()
+        try:
+            rv = self._post(url, payload)
+        except GraphError as exc:
+            outcome = (
+                "refused" if exc.status is not None and exc.status < 500 else "failed"
+            )
+            metrics.observe_graph_request(
+                time.monotonic() - started, len(events), outcome, exc.code
+            )
+            raise
+        metrics.observe_graph_request(time.monotonic() - started, len(events), "ok")
+        return rv
+
+    def _post(self, url: str, payload: str) -> SendResult:
         try:
             resp = self.session.post(
                 url,

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -15,8 +16,9 @@ from typing import Any, TypeVar
 
 import click
 from sqlalchemy import column, select, table, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from connector import __version__
+from connector import __version__, logs
 from connector.config import load_settings
 from connector.crypto import generate_key, keyring
 from connector.errors import ConnectorError, GraphError
@@ -40,7 +42,9 @@ ENCRYPTED_COLUMNS = (
 )
 
 
-def _runtime(ctx: click.Context) -> Runtime:
+def _runtime(ctx: click.Context, *, migrated: bool = True) -> Runtime:
+    """The process's runtime; with ``migrated``, refuses in one line a database not at the
+    newest schema (rather than failing later on a missing table)."""
     obj = ctx.ensure_object(dict)
     if "runtime" not in obj:
         try:
@@ -49,25 +53,72 @@ def _runtime(ctx: click.Context) -> Runtime:
             raise click.ClickException(str(exc)) from exc
         ctx.call_on_close(obj["runtime"].close)
     runtime: Runtime = obj["runtime"]
+    if migrated and not obj.get("schema_checked"):
+        problem = schema_problem(runtime)
+        if problem is not None:
+            raise click.ClickException(problem)
+        obj["schema_checked"] = True
     return runtime
 
 
+def schema_problem(runtime: Runtime) -> str | None:
+    """One line saying what to run when the database is not at the newest schema, else None."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from connector import migrate
+
+    where = runtime.engine.url.render_as_string(hide_password=True)
+    heads = set(
+        ScriptDirectory.from_config(
+            migrate.alembic_config(runtime.settings.database_url)
+        ).get_heads()
+    )
+    try:
+        with runtime.engine.connect() as conn:
+            current = set(MigrationContext.configure(conn).get_current_heads())
+    except SQLAlchemyError as exc:
+        return f"cannot read the database at {where}: {_first_line(exc)}"
+    if not current:
+        return f"the database at {where} has no tables yet: run `connector db upgrade`"
+    if current != heads:
+        return f"the database at {where} is not at the newest schema: run `connector db upgrade`"
+    return None
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    # The driver's own message, first line only: its later lines may quote row values.
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+
+
 class ConnectorGroup(click.Group):
-    """Turns the connector's own errors into a message and exit status 1, never a traceback."""
+    """Turns the connector's own errors, and the database's, into one line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConnectorError as exc:
             raise click.ClickException(str(exc)) from exc
+        except SQLAlchemyError as exc:
+            raise click.ClickException(f"database error: {_first_line(exc)}") from exc
+
+
+#: commands that run as a host's processes: their log lines go to stdout, as the host expects;
+#: the others keep stdout for their output (an id, JSON) and log to stderr
+PROCESS_COMMANDS = {"serve": "web", "worker": "worker", "db": "release"}
 
 
 @click.group(cls=ConnectorGroup)
 @click.version_option(__version__, prog_name="connector")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Send Shopify and WooCommerce conversions to Meta's Conversions API."""
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    process = PROCESS_COMMANDS.get(ctx.invoked_subcommand or "", "cli")
+    logs.configure(
+        logs.format_for(os.environ),
+        process=process,
+        stream=sys.stdout if process != "cli" else sys.stderr,
     )
     # Alembic announces each of its plugins at INFO; the migrations it runs stay visible.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
@@ -96,7 +147,7 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
     from connector import migrate
     from connector.web import create_app
 
-    runtime = _runtime(ctx)
+    runtime = _runtime(ctx, migrated=False)
     migrate.upgrade(runtime.settings.database_url)
     app = create_app(runtime=runtime)
     stop = threading.Event()
@@ -171,7 +222,7 @@ def db_upgrade(ctx: click.Context) -> None:
     """Apply migrations up to the newest schema."""
     from connector import migrate
 
-    settings = _runtime(ctx).settings
+    settings = _runtime(ctx, migrated=False).settings
     migrate.upgrade(settings.database_url)
     click.echo("database is up to date")
 

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import platformdirs
 from cryptography.fernet import Fernet
 
+from connector.crypto import fernet_key
 from connector.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -23,6 +25,36 @@ DEFAULT_API_VERSION = "v25.0"
 DEFAULT_SHOPIFY_ADMIN_URL_TEMPLATE = "https://{shop}"
 DEFAULT_SHOPIFY_SCOPES = "read_orders"
 SECRETS_FILE = "secrets.json"
+
+
+#: the distribution's name, also the per-user data folder's
+APP_NAME = "capi-connector"
+
+
+def source_checkout() -> Path | None:
+    """The project folder when the connector runs from its source (an editable install)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        pyproject = (root / "pyproject.toml").read_text()
+    except OSError:
+        return None
+    return root if f'name = "{APP_NAME}"' in pyproject else None
+
+
+def default_instance_path(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the development instance lives when CONNECTOR_INSTANCE_PATH is not set.
+
+    The same folder from any working directory: the project's ``instance/`` when the
+    connector runs from its source folder (where ``connector serve`` has always put it), else
+    the user's data folder (``$XDG_DATA_HOME/capi-connector``, by default
+    ``~/.local/share/capi-connector`` on Linux; platformdirs' rules elsewhere).
+    """
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / "instance"
+    if environ is not None and environ.get("XDG_DATA_HOME"):
+        return Path(environ["XDG_DATA_HOME"]).expanduser().resolve() / APP_NAME
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)).resolve()
 
 
 def normalize_database_url(url: str) -> str:
@@ -38,7 +70,7 @@ class Settings:
     """Everything the connector reads from its environment."""
 
     env: str = "development"
-    instance_path: Path = field(default_factory=lambda: Path("instance").resolve())
+    instance_path: Path = field(default_factory=lambda: default_instance_path())
     database_url: str = ""
     encryption_keys: tuple[str, ...] = ()
     secret_key: str = ""
@@ -70,6 +102,13 @@ class Settings:
     )
     #: reverse proxies in front of the web process whose X-Forwarded-For/-Proto are trusted
     trusted_proxies: int = 0
+    #: a Bearer token that opens /metrics in production (ADMIN_PASSWORD does too)
+    metrics_token: str | None = None
+    #: "json" (one object per line) or "text"; json by default in production
+    log_format: str = "text"
+    #: retention (connector.retention): personal data of sent events, and webhook receipts
+    retain_personal_data_days: int = 30
+    retain_receipts_days: int = 7
 
     @property
     def is_production(self) -> bool:
@@ -91,9 +130,12 @@ class Settings:
             problems.append(
                 f"CONNECTOR_ENV must be development, production or test, not {env!r}"
             )
-        instance_path = Path(
-            environ.get("CONNECTOR_INSTANCE_PATH") or "instance"
-        ).resolve()
+        configured = environ.get("CONNECTOR_INSTANCE_PATH")
+        instance_path = (
+            Path(configured).expanduser().resolve()
+            if configured
+            else default_instance_path(environ)
+        )
         database_url = normalize_database_url(
             environ.get("DATABASE_URL") or f"sqlite:///{instance_path / 'connector.db'}"
         )
@@ -104,11 +146,12 @@ class Settings:
         )
         for i, key in enumerate(keys, 1):
             try:
-                Fernet(key)
-            except (ValueError, TypeError):
+                fernet_key(key)
+            except ValueError:
                 problems.append(
                     f"CONNECTOR_ENCRYPTION_KEYS entry {i} is not a Fernet key "
-                    "(32 url-safe base64-encoded bytes; make one with `connector keys generate`)"
+                    "(32 url-safe base64-encoded bytes; make one with `connector keys generate`) "
+                    "nor a random secret of at least 32 characters"
                 )
         app_url = (environ.get("APP_URL") or "http://localhost:8000").rstrip("/")
         parts = urlsplit(app_url)
@@ -159,6 +202,25 @@ class Settings:
         )
         if not 0 <= trusted_proxies <= 5:
             problems.append("CONNECTOR_TRUSTED_PROXIES must be between 0 and 5")
+        log_format = (
+            environ.get("CONNECTOR_LOG_FORMAT")
+            or ("json" if env == "production" else "text")
+        ).lower()
+        if log_format not in {"json", "text"}:
+            problems.append(
+                f"CONNECTOR_LOG_FORMAT must be json or text, not {log_format!r}"
+            )
+        retain_personal = _int(
+            environ, "CONNECTOR_RETAIN_PERSONAL_DATA_DAYS", 30, problems
+        )
+        retain_receipts = _int(environ, "CONNECTOR_RETAIN_RECEIPTS_DAYS", 7, problems)
+        if retain_personal < 1 or retain_receipts < 3:
+            # Shopify retries a delivery for up to 4 hours and its redelivery keeps the
+            # delivery id; 3 days keeps every retry deduplicated with a margin.
+            problems.append(
+                "CONNECTOR_RETAIN_PERSONAL_DATA_DAYS must be at least 1 and "
+                "CONNECTOR_RETAIN_RECEIPTS_DAYS at least 3"
+            )
         if problems:
             raise ConfigError(problems)
         return cls(
@@ -191,6 +253,10 @@ class Settings:
             poll_interval=poll_interval,
             http_timeout=http_timeout,
             trusted_proxies=trusted_proxies,
+            metrics_token=environ.get("METRICS_TOKEN") or None,
+            log_format=log_format,
+            retain_personal_data_days=retain_personal,
+            retain_receipts_days=retain_receipts,
         )
 
 
@@ -254,6 +320,21 @@ def with_dev_secrets(settings: Settings) -> Settings:
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Settings for a process: the environment, plus development keys where allowed."""
-    return with_dev_secrets(
-        Settings.from_env(os.environ if environ is None else environ)
-    )
+    environ = os.environ if environ is None else environ
+    settings = Settings.from_env(environ)
+    stray = Path.cwd() / "instance"
+    if (
+        not settings.is_production
+        and not environ.get("CONNECTOR_INSTANCE_PATH")
+        and (stray / SECRETS_FILE).exists()
+        and stray.resolve() != settings.instance_path
+    ):
+        # An instance an older version made in this folder; not used unless asked for.
+        log.warning(
+            "using the development instance in %s; the one in %s is not used "
+            "(set CONNECTOR_INSTANCE_PATH=%s to use it)",
+            settings.instance_path,
+            stray.resolve(),
+            stray.resolve(),
+        )
+    return with_dev_secrets(settings)

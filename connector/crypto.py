@@ -1,12 +1,83 @@
-"""Secrets at rest: MultiFernet encryption (first key encrypts, every key decrypts)."""
+"""Secrets at rest: MultiFernet encryption (first key encrypts, every key decrypts).
+
+``CONNECTOR_ENCRYPTION_KEYS`` holds Fernet keys, or high-entropy secrets such as the one a
+host generates for a one-click deploy (Heroku's app.json ``"generator": "secret"``); a secret
+that is not a Fernet key becomes one through HKDF-SHA256 (RFC 5869) with the fixed salt and info
+below, so the same secret always yields the same key.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from connector.errors import ConfigError, CryptoError
+
+#: HKDF parameters; changing either would make every stored secret unreadable
+KDF_SALT = b"capi-connector/encryption-keys"
+KDF_INFO = b"fernet-key-v1"
+#: a secret shorter than this, or with fewer distinct characters, is refused (a typo or a
+#: placeholder, not a key): 32 hex characters already carry 128 bits
+MIN_SECRET_LENGTH = 32
+MIN_SECRET_DISTINCT = 10
+#: bits a secret must carry, estimated from its length and alphabet
+MIN_SECRET_BITS = 128
+
+
+def _is_fernet_key(value: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(value.encode("ascii"))) == 32
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return False
+
+
+def _estimated_bits(secret: str) -> float:
+    """Length times the bits per character of the smallest common alphabet it fits."""
+    chars = set(secret)
+    if chars <= set("0123456789abcdef") or chars <= set("0123456789ABCDEF"):
+        per_char = 4.0
+    elif chars <= set(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/="
+    ):
+        per_char = 6.0
+    else:
+        per_char = math.log2(94)
+    return len(secret) * per_char
+
+
+def fernet_key(value: str) -> str:
+    """The Fernet key for one ``CONNECTOR_ENCRYPTION_KEYS`` entry.
+
+    A Fernet key (32 url-safe base64-encoded bytes) is used as it is, so every key in use
+    today stays valid. Any other value must be a high-entropy secret (at least 32 characters,
+    10 distinct, about 128 bits): the key is HKDF-SHA256 of its UTF-8 bytes, 32 bytes long,
+    salt :data:`KDF_SALT`, info :data:`KDF_INFO`, url-safe base64-encoded.
+
+    Raises:
+        ValueError: the value is neither a Fernet key nor a secret strong enough to derive one.
+    """
+    value = value.strip()
+    if _is_fernet_key(value):
+        return value
+    if (
+        len(value) < MIN_SECRET_LENGTH
+        or len(set(value)) < MIN_SECRET_DISTINCT
+        or _estimated_bits(value) < MIN_SECRET_BITS
+    ):
+        raise ValueError(
+            "neither a Fernet key nor a secret strong enough to derive one "
+            f"(at least {MIN_SECRET_LENGTH} random characters)"
+        )
+    derived = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=KDF_SALT, info=KDF_INFO
+    ).derive(value.encode("utf-8"))
+    return base64.urlsafe_b64encode(derived).decode("ascii")
 
 
 class KeyRing:
@@ -21,10 +92,11 @@ class KeyRing:
                 "no encryption key configured (CONNECTOR_ENCRYPTION_KEYS)"
             )
         try:
-            self._fernet = MultiFernet([Fernet(k) for k in keys])
+            self._fernet = MultiFernet([Fernet(fernet_key(k)) for k in keys])
         except (ValueError, TypeError) as exc:
             raise ConfigError(
-                "CONNECTOR_ENCRYPTION_KEYS holds a value that is not a Fernet key"
+                "CONNECTOR_ENCRYPTION_KEYS holds a value that is neither a Fernet key nor a "
+                "high-entropy secret"
             ) from exc
 
     @property

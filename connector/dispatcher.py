@@ -23,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, case, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from connector import meta_oauth, registry
+from connector import logs, meta_oauth, metrics, registry, retention
 from connector.capi import GraphClient, SendResult, event_problem
 from connector.errors import GraphError
 from connector.platform import PeriodicJob
@@ -245,6 +245,10 @@ class Dispatcher:
             groups.setdefault(row.connection_id, []).append(row)
         targets = self._targets(groups)
         for conn_id, rows in groups.items():
+            logs.bind(
+                connection_id=conn_id,
+                event_ids=[r.payload.get("event_id") for r in rows],
+            )
             target = targets.get(conn_id)
             if (
                 target is None
@@ -255,6 +259,7 @@ class Dispatcher:
                 continue
             reason = target.hold_reason()
             if reason is not None:
+                metrics.count_events("held", len(rows), reason="connection_not_ready")
                 self._hold(rows, reason)
                 continue
             now = self.clock()
@@ -264,6 +269,7 @@ class Dispatcher:
             rows = self._dead_letter_unsendable(rows, now)
             if rows and target.pixel_id and target.meta_token:
                 self._send(target, target.pixel_id, target.meta_token, rows)
+        logs.bind(connection_id=None, event_ids=None)
 
     def _dead_letter_unsendable(
         self, rows: list[Claimed], now: datetime
@@ -279,6 +285,7 @@ class Dispatcher:
             if verdict is None:
                 keep.append(row)
             else:
+                metrics.count_events("dead", 1, reason=verdict.kind)
                 self._dead([row], verdict)
         return keep
 
@@ -317,6 +324,7 @@ class Dispatcher:
                 policy=self.policy,
                 rand=self.rand,
             )
+            metrics.count_decision(decision, len(chunk), error.code if error else None)
             # Only a request Meta may have processed counts as a send: a 4xx refusal counts nothing.
             reached = error is None or _may_have_reached_meta(error)
             if isinstance(decision, Sent) and result is not None:
@@ -569,6 +577,7 @@ def collect_periodic_jobs() -> list[PeriodicJob]:
         jobs.extend(meta_oauth.periodic_jobs())
     except Exception:
         log.exception("Meta's periodic jobs could not be listed")
+    jobs.extend(retention.periodic_jobs())
     return jobs
 
 

@@ -46,7 +46,7 @@ def test_metrics_are_prometheus_text(client: Any) -> None:
     rv = client.get("/metrics")
     assert 200 == rv.status_code
     assert rv.mimetype == "text/plain"
-    assert 'connector_events{status="pending"} 0' in rv.get_data(as_text=True)
+    assert 'connector_outbox_events{status="pending"} 0.0' in rv.get_data(as_text=True)
 
 
 def test_webhook_bodies_over_the_webhook_limit_get_413(client: Any) -> None:

@@ -136,7 +136,9 @@ class WebhookReceipt(Base):
     event_ref: Mapped[str | None] = mapped_column(String(255))
     api_version: Mapped[str | None] = mapped_column(String(32))
     triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    received_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, default=utcnow, index=True
+    )
     #: accepted (made events) | skipped (with a reason) | action (lifecycle)
     outcome: Mapped[str] = mapped_column(String(16), default="accepted")
     detail: Mapped[str | None] = mapped_column(Text)
@@ -168,6 +170,13 @@ class Event(Base):
         ),
         Index("ix_events_due", "status", "next_attempt_at"),
         Index("ix_events_connection_status", "connection_id", "status"),
+        # The daily prune's worklist: rows whose personal data has not been removed yet.
+        Index(
+            "ix_events_unpruned",
+            "id",
+            postgresql_where=text("pruned_at IS NULL"),
+            sqlite_where=text("pruned_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -193,6 +202,8 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     order_ref: Mapped[str | None] = mapped_column(String(64))
     customer_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: when the prune removed the personal data from the payload (connector.retention)
+    pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OAuthState(Base):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from connector import redact, registry
+from connector import logs, redact, registry
 from connector.config import Settings, load_settings
 from connector.runtime import Runtime
 from connector.web.login_throttle import LoginThrottle
@@ -56,7 +54,8 @@ def create_app(
     )
     app.extensions["connector"] = runtime
     app.extensions["login_throttle"] = login_throttle or LoginThrottle()
-    _configure_logging()
+    logs.configure(settings.log_format, process="web")
+    redact.install()  # on gunicorn's and any other handler too
     if settings.trusted_proxies:
         # Heroku's router appends the client's address to X-Forwarded-For and sets
         # X-Forwarded-Proto; only that many hops are believed, and no Host or prefix.
@@ -65,9 +64,10 @@ def create_app(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
         )
 
-    from connector.web import admin, errors, health, webhooks
+    from connector.web import admin, errors, health, observe, webhooks
     from connector.web import meta as meta_routes
 
+    observe.init_app(app)
     errors.init_app(app)
 
     @app.before_request
@@ -114,12 +114,3 @@ def get_runtime() -> Runtime:
     """The runtime of the app handling the current request."""
     runtime: Runtime = current_app.extensions["connector"]
     return runtime
-
-
-def _configure_logging() -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
-        )
-    redact.install()  # on the handlers just made too

@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
 
-from connector.store.models import Connection, Event, WebhookReceipt
-from connector.store.queries import event_counts
+from connector import metrics as connector_metrics
+from connector.config import Settings
+from connector.errors import NotFoundError
+from connector.store.models import Connection, Event, EventStatus
 from connector.web import get_runtime
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
+
+#: outbox rows counted per status on a scrape, at most: a bounded index range, never the table
+COUNT_CAP = 10_000
+#: the statuses worth a gauge; ``sent`` grows without bound and is counted by the worker instead
+GAUGED_STATUSES = (
+    EventStatus.PENDING,
+    EventStatus.SENDING,
+    EventStatus.HELD,
+    EventStatus.DEAD,
+)
 
 
 @bp.get("/healthz")
@@ -27,36 +45,100 @@ def healthz() -> tuple[Response, int]:
     return jsonify(status="ok"), 200
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
-    """Prometheus text format: outbox by status, receipts, re-sends, connections by status."""
-    with get_runtime().sessions() as session:
-        counts = event_counts(session)
-        receipts = session.scalar(select(func.count()).select_from(WebhookReceipt)) or 0
-        resends = session.scalar(
-            select(func.coalesce(func.sum(Event.send_count - 1), 0)).where(
-                Event.send_count > 1
+def _bearer_matches(expected: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), expected.encode()
+    )
+
+
+def _basic_matches(expected: str) -> bool:
+    auth = request.authorization
+    given = (auth.password or "") if auth is not None and auth.type == "basic" else ""
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def metrics_access(settings: Settings) -> int | None:
+    """None when the request may read /metrics, else the status to answer (401 or 404).
+
+    Outside production /metrics is open. In production it needs ``Authorization: Bearer
+    METRICS_TOKEN`` or HTTP Basic with ``ADMIN_PASSWORD`` (any user name); with neither set,
+    the route does not exist (404).
+    """
+    if not settings.is_production:
+        return None
+    if settings.metrics_token is None and settings.admin_password is None:
+        return 404
+    if settings.metrics_token is not None and _bearer_matches(settings.metrics_token):
+        return None
+    if settings.admin_password is not None and _basic_matches(settings.admin_password):
+        return None
+    return 401
+
+
+class OutboxCollector:
+    """Gauges read from the database on a scrape, each a bounded, indexed query."""
+
+    def __init__(self, session: Session, now: datetime) -> None:
+        self.session = session
+        self.now = now
+
+    def collect(self) -> Iterator[Metric]:
+        outbox = GaugeMetricFamily(
+            "connector_outbox_events",
+            f"Outbox rows by status, counted up to {COUNT_CAP} (that value means at least).",
+            labels=["status"],
+        )
+        for status in GAUGED_STATUSES:
+            # LIMIT inside: PostgreSQL and SQLite stop after COUNT_CAP entries of the
+            # (status, next_attempt_at) index, however large the table.
+            capped = (
+                select(Event.id)
+                .where(Event.status == status)
+                .limit(COUNT_CAP)
+                .subquery()
+            )
+            n = self.session.scalar(select(func.count()).select_from(capped)) or 0
+            outbox.add_metric([status.value], n)
+        yield outbox
+        oldest = self.session.scalar(
+            select(func.min(Event.next_attempt_at)).where(
+                Event.status == EventStatus.PENDING
             )
         )
-        conns = session.execute(
+        age = GaugeMetricFamily(
+            "connector_outbox_oldest_pending_seconds",
+            "How long the longest-waiting pending event has been due (0 when none is due).",
+        )
+        age.add_metric(
+            [], max(0.0, (self.now - oldest).total_seconds()) if oldest else 0.0
+        )
+        yield age
+        conns = GaugeMetricFamily(
+            "connector_connections", "Connections by status.", labels=["status"]
+        )
+        for conn_status, n in self.session.execute(
             select(Connection.status, func.count()).group_by(Connection.status)
-        ).all()
-    lines = [
-        "# HELP connector_events Outbox rows by status.",
-        "# TYPE connector_events gauge",
-    ]
-    for status in ("pending", "sending", "sent", "held", "dead"):
-        lines.append(f'connector_events{{status="{status}"}} {counts.get(status, 0)}')
-    lines += [
-        "# HELP connector_webhook_receipts Webhook deliveries recorded.",
-        "# TYPE connector_webhook_receipts gauge",
-        f"connector_webhook_receipts {receipts}",
-        "# HELP connector_event_resends Sends of an event beyond its first.",
-        "# TYPE connector_event_resends gauge",
-        f"connector_event_resends {int(resends or 0)}",
-        "# HELP connector_connections Connections by status.",
-        "# TYPE connector_connections gauge",
-    ]
-    for status, n in conns:
-        lines.append(f'connector_connections{{status="{status}"}} {n}')
-    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")
+        ):
+            conns.add_metric([conn_status], n)
+        yield conns
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Prometheus text: the connector's counters and histograms, and the outbox gauges."""
+    runtime = get_runtime()
+    refused = metrics_access(runtime.settings)
+    if refused == 404:
+        raise NotFoundError(
+            "/metrics needs METRICS_TOKEN or ADMIN_PASSWORD in production"
+        )
+    if refused == 401:
+        return Response(
+            "authentication required",
+            401,
+            {"WWW-Authenticate": 'Bearer realm="metrics", Basic realm="metrics"'},
+        )
+    with runtime.sessions() as session:
+        body = connector_metrics.render([OutboxCollector(session, datetime.now(UTC))])
+    return Response(body, content_type=CONTENT_TYPE_LATEST)
