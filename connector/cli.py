@@ -100,9 +100,11 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
     migrate.upgrade(runtime.settings.database_url)
     app = create_app(runtime=runtime)
     stop = threading.Event()
+    runner = None
     if not no_worker:
-        from connector import dispatcher
+        from connector import dispatcher, jobs
 
+        runner = jobs.JobRunner(runtime, stop=stop).start()
         thread = threading.Thread(
             target=dispatcher.run_worker,
             kwargs={"runtime": runtime, "stop": stop},
@@ -119,6 +121,8 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
         )
     finally:
         stop.set()
+        if runner is not None:
+            runner.stop()
 
 
 @cli.command()
@@ -155,9 +159,27 @@ def worker(
         runtime = dataclasses.replace(
             runtime, settings=dataclasses.replace(runtime.settings, **overrides)
         )
-    rv = dispatcher.run_worker(runtime=runtime, drain=drain)
+    if drain:
+        rv = dispatcher.run_worker(runtime=runtime, drain=True)
+    else:
+        rv = _run_worker_with_jobs(runtime)
     if drain and rv is not None:
         click.echo(json.dumps(rv, sort_keys=True))
+
+
+def _run_worker_with_jobs(runtime: Runtime) -> dict[str, Any] | None:
+    """The dispatcher loop, and the periodic jobs on a thread beside it; one stop for both."""
+    from connector import dispatcher, jobs
+
+    stop = threading.Event()
+    previous = jobs.install_stop_signals(stop)
+    runner = jobs.JobRunner(runtime, stop=stop).start()
+    try:
+        return dispatcher.run_worker(runtime=runtime, stop=stop)
+    finally:
+        stop.set()
+        runner.stop()
+        jobs.restore_signals(previous)
 
 
 @cli.group()

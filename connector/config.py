@@ -63,6 +63,8 @@ class Settings:
     lease_seconds: int = 120
     poll_interval: float = 1.0
     http_timeout: float = 20.0
+    #: seconds between order sweeps of every connection (CONNECTOR_SWEEP_INTERVAL)
+    sweep_interval: float = 900.0
 
     @property
     def is_production(self) -> bool:
@@ -118,6 +120,9 @@ class Settings:
             problems.append("CONNECTOR_LEASE_SECONDS must be at least 10")
         poll_interval = _float(environ, "CONNECTOR_POLL_INTERVAL", 1.0, problems)
         http_timeout = _float(environ, "CONNECTOR_HTTP_TIMEOUT", 20.0, problems)
+        sweep_interval = _float(environ, "CONNECTOR_SWEEP_INTERVAL", 900.0, problems)
+        if sweep_interval < 60:
+            problems.append("CONNECTOR_SWEEP_INTERVAL must be at least 60 seconds")
         if env == "production":
             if not keys:
                 problems.append("CONNECTOR_ENCRYPTION_KEYS is required in production")
@@ -174,6 +179,7 @@ class Settings:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             http_timeout=http_timeout,
+            sweep_interval=sweep_interval,
         )
 
 
