@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -736,3 +737,81 @@ def build_test_event(
 
 if __name__ == "__main__":
     main()
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--connection", "connection_id", required=True, help="The connection's id."
+)
+@click.option(
+    "--since",
+    "period",
+    required=True,
+    help="How far back to read the store's orders: 3d, 12h or 90m.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Count what would be enqueued; enqueue nothing."
+)
+@click.pass_context
+def backfill(
+    ctx: click.Context, connection_id: str, period: str, dry_run: bool
+) -> None:
+    """Read the store's orders updated in the period and enqueue every event the outbox lacks.
+
+    The same sweep the worker runs on a schedule: the same translation and unique keys as a
+    webhook, so running it twice enqueues nothing the second time. Progress goes to standard
+    error; the summary line is the last line of standard output.
+    """
+    from connector import sweep
+
+    try:
+        delta = sweep.parse_since(period)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    runtime = _runtime(ctx)
+    _connection_or_fail(ctx, connection_id)
+    now = datetime.now(UTC)
+    err = sys.stderr
+    interactive = err.isatty()
+
+    def describe(counts: Any) -> str:
+        if not isinstance(counts, sweep.SweepCounts):
+            return ""
+        return (
+            f"enqueued {counts.enqueued} · present {counts.present} · "
+            f"skipped {sum(counts.skipped.values())}"
+        )
+
+    # An endless iterable: the number of orders is not known ahead (Shopify gives no total).
+    ticks: Iterator[Any] = iter(itertools.count())
+    with click.progressbar(
+        ticks,
+        label=f"orders of {connection_id} since {(now - delta):%Y-%m-%d %H:%M} UTC",
+        show_pos=True,
+        item_show_func=describe,
+        file=err,
+    ) as bar:
+
+        def progress(counts: sweep.SweepCounts) -> None:
+            bar.update(1, counts)
+            if not interactive and counts.scanned % 100 == 0:
+                click.echo(f"  scanned {counts.scanned}: {describe(counts)}", err=True)
+
+        counts = sweep.sweep_connection(
+            runtime,
+            connection_id,
+            since=now - delta,
+            until=now,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    for reason, n in counts.skipped.most_common():
+        click.echo(f"  skipped {n}: {reason}", err=True)
+    prefix = "dry run, nothing enqueued: " if dry_run else ""
+    summary = counts.summary()
+    if dry_run:
+        summary = summary.replace("enqueued", "would enqueue", 1)
+    click.echo(f"{prefix}{summary}")

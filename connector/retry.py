@@ -198,7 +198,9 @@ def check_event_time(
     (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/server-event#event-time).
     The reason is written for the store owner.
     """
-    days = PHYSICAL_STORE_MAX_AGE if action_source == "physical_store" else MAX_EVENT_AGE
+    days = (
+        PHYSICAL_STORE_MAX_AGE if action_source == "physical_store" else MAX_EVENT_AGE
+    )
     if event_time < now - days:
         return Dead(
             kind="too_old",

@@ -174,7 +174,9 @@ def _present(runtime: Runtime, connection_id: str, event: CanonicalEvent) -> boo
     ]
     if event.order_ref:
         keys.append(
-            and_(Event.event_name == event.event_name, Event.order_ref == event.order_ref)
+            and_(
+                Event.event_name == event.event_name, Event.order_ref == event.order_ref
+            )
         )
     with runtime.sessions() as s:
         found = s.execute(
@@ -217,9 +219,7 @@ def sweep_connection(
         raise ConnectorError(f"the {info.platform} platform has no order sweep")
     periodic = since is None
     if since is None:
-        since = (
-            mark - OVERLAP if mark else max(installed, started - FIRST_LOOKBACK)
-        )
+        since = mark - OVERLAP if mark else max(installed, started - FIRST_LOOKBACK)
     adapter = registry.get_adapter(info.platform)
     counts = SweepCounts()
     for found in source.sweep_orders(runtime, connection_id, since, until):
@@ -293,16 +293,16 @@ def _record_state(
         if state is None:
             state = SweepState(connection_id=connection_id, last_counts={})
             s.add(state)
-        if until is not None and (state.swept_until is None or until > state.swept_until):
+        if until is not None and (
+            state.swept_until is None or until > state.swept_until
+        ):
             state.swept_until = until
         state.last_run_at = utcnow()
         state.last_error = error[:2000] if error else None
         state.last_counts = counts.as_dict()
 
 
-def record_repairs(
-    runtime: Runtime, connection_id: str, repairs: list[Repair]
-) -> None:
+def record_repairs(runtime: Runtime, connection_id: str, repairs: list[Repair]) -> None:
     """Keep each webhook repair for the dashboard, and log it."""
     if not repairs:
         return
@@ -370,8 +370,12 @@ def sweep_all(runtime: Runtime) -> None:
         log.info("sweep of %s: %s", connection_id, counts.summary())
 
 
-def periodic_jobs(interval_seconds: float = DEFAULT_INTERVAL_SECONDS) -> list[PeriodicJob]:
+def periodic_jobs(
+    interval_seconds: float = DEFAULT_INTERVAL_SECONDS,
+) -> list[PeriodicJob]:
     """The order sweep (with the webhook check), every ``interval_seconds``."""
     return [
-        PeriodicJob(name="order-sweep", interval_seconds=interval_seconds, run=sweep_all)
+        PeriodicJob(
+            name="order-sweep", interval_seconds=interval_seconds, run=sweep_all
+        )
     ]

@@ -540,7 +540,9 @@ def iter_orders(
         if answer.throttled:
             throttled += 1
             if throttled > max_throttled:
-                raise PlatformError(f"Shopify kept throttling the order sweep of {shop}")
+                raise PlatformError(
+                    f"Shopify kept throttling the order sweep of {shop}"
+                )
             wait = last.wait_for(last.requested) if last is not None else 1.0
             if sleep(max(wait, 0.5)):
                 return

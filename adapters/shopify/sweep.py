@@ -87,7 +87,9 @@ def _address(value: Any) -> dict[str, Any] | None:
 
 def rest_shape(node: Mapping[str, Any]) -> dict[str, Any]:
     """A GraphQL ``Order`` node as the REST webhook body translation reads (pure)."""
-    customer = node.get("customer") if isinstance(node.get("customer"), Mapping) else None
+    customer = (
+        node.get("customer") if isinstance(node.get("customer"), Mapping) else None
+    )
     total = _price_set(node.get("totalPriceSet"))
     lines = []
     for line in (node.get("lineItems") or {}).get("nodes") or []:
@@ -168,7 +170,9 @@ def _admin(runtime: Runtime) -> ShopifyAdmin:
     )
 
 
-def _token(runtime: Runtime, admin: ShopifyAdmin, connection_id: str) -> tuple[str, str, bool]:
+def _token(
+    runtime: Runtime, admin: ShopifyAdmin, connection_id: str
+) -> tuple[str, str, bool]:
     """(shop, access token, installed through the app)."""
     with runtime.sessions() as s:
         conn = queries.get_connection(s, connection_id)
@@ -221,14 +225,18 @@ def repair_webhooks(runtime: Runtime, connection_id: str) -> list[Repair]:
         if not via_app:
             return []  # a custom app added by hand: its owner manages its webhooks
         uri = f"{runtime.settings.app_url}{install.WEBHOOK_PATH}"
-        present = {s.topic for s in admin.list_subscriptions(shop, token) if s.uri == uri}
+        present = {
+            s.topic for s in admin.list_subscriptions(shop, token) if s.uri == uri
+        }
         missing = [t for t in WEBHOOK_TOPICS if t not in present]
         if not missing:
             return []
         ids = install.register_webhooks(runtime, admin, connection_id, token)
     if ids is None:
         return [
-            Repair(topic=t, action="failed", detail="could not re-create the subscription")
+            Repair(
+                topic=t, action="failed", detail="could not re-create the subscription"
+            )
             for t in missing
         ]
     return [
