@@ -394,10 +394,13 @@ class Cost:
     restore_rate: float
 
     def wait_for(self, points: float) -> float:
-        """Seconds until ``points`` are available again in the bucket (0 when they are)."""
+        """Seconds until ``points`` are available again in the bucket (0 when they are).
+
+        One point more than the deficit: the bucket's level is rounded in the answer.
+        """
         if self.available >= points or self.restore_rate <= 0:
             return 0.0
-        return (min(points, self.maximum) - self.available) / self.restore_rate
+        return (min(points, self.maximum) - self.available + 1) / self.restore_rate
 
 
 @dataclass(frozen=True, kw_only=True)
