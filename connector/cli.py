@@ -288,12 +288,16 @@ def add_woocommerce(
     test_event_code: str | None,
 ) -> None:
     """Connect a WooCommerce store."""
-    from connector.domains import normalize_store_url
+    from connector.domains import normalize_local_store_url, normalize_store_url
 
     if (consumer_key is None) != (consumer_secret is None):
         raise click.UsageError("--consumer-key and --consumer-secret go together")
     try:
-        store_url = normalize_store_url(store_url, require_https=False)
+        if _runtime(ctx).settings.woocommerce_allow_insecure:
+            # Development only: the same store URLs the connect flow then accepts.
+            store_url = normalize_local_store_url(store_url)
+        else:
+            store_url = normalize_store_url(store_url, require_https=False)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--store-url") from exc
     _validate_pixel(pixel_id)

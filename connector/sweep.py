@@ -327,11 +327,17 @@ def record_repairs(runtime: Runtime, connection_id: str, repairs: list[Repair]) 
 
 
 def sweepable_connections(runtime: Runtime) -> list[str]:
-    """Active connections whose platform can be swept and whose store credentials we hold."""
+    """Connections whose platform can be swept and whose store credentials we hold.
+
+    A connection waiting for Meta to be reconnected is swept too: its events are held, not
+    lost, and go once the owner reconnects.
+    """
     with runtime.sessions() as s:
         rows = s.execute(
             select(Connection.id, Connection.platform).where(
-                Connection.status == ConnectionStatus.ACTIVE,
+                Connection.status.in_(
+                    [ConnectionStatus.ACTIVE, ConnectionStatus.NEEDS_RECONNECT]
+                ),
                 Connection.platform_token.is_not(None),
             )
         ).all()

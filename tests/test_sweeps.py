@@ -589,7 +589,10 @@ def test_backfill_prints_progress_and_a_summary_and_a_second_run_enqueues_nothin
 ) -> None:
     """`connector backfill`: progress on stderr, the summary last; dry run and rerun add nothing."""
     fake, url = shopify
-    fake.bucket_max, fake.restore_rate = 20000.0, 1000.0  # a Shopify Plus store: no waits
+    fake.bucket_max, fake.restore_rate = (
+        20000.0,
+        1000.0,
+    )  # a Shopify Plus store: no waits
     conn_id = add_shopify(rt, fake)
     shopify_orders(fake, 120)
     fake.add_order(

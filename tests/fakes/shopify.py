@@ -123,6 +123,8 @@ class FakeShopify:
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: orders queries answered, THROTTLED answers, and the lowest level the bucket reached
     order_pages: int = 0
+    #: orders queries without a cursor: each starts a sweep
+    order_sweeps: int = 0
     throttled: int = 0
     lowest_available: float = float("inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -484,6 +486,8 @@ class FakeShopify:
         self.lowest_available = min(self.lowest_available, available - requested)
         self.buckets[shop] = (left, self.clock())
         self.order_pages += 1
+        if not variables.get("after"):
+            self.order_sweeps += 1
         return {
             "data": {
                 "orders": {

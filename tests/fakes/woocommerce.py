@@ -147,6 +147,8 @@ class FakeWooCommerce:
         #: order id -> a wc/v3 order (what GET /orders/<id> would answer)
         self.orders: dict[int, dict[str, Any]] = {}
         self.order_pages = 0
+        #: first pages of the order list: each starts a sweep
+        self.order_sweeps = 0
         self._ids = itertools.count(100)
         self._lock = threading.Lock()
         self.app = self._build_app()
@@ -660,6 +662,8 @@ class FakeWooCommerce:
                     continue
                 found.append(order)
             self.order_pages += 1
+            if page == 1:
+                self.order_sweeps += 1
         key = {
             "id": lambda o: o["id"],
             "date": lambda o: (o.get("date_created_gmt") or "", o["id"]),
