@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -151,9 +152,11 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
     migrate.upgrade(runtime.settings.database_url)
     app = create_app(runtime=runtime)
     stop = threading.Event()
+    runner = None
     if not no_worker:
-        from connector import dispatcher
+        from connector import dispatcher, jobs
 
+        runner = jobs.JobRunner(runtime, stop=stop).start()
         thread = threading.Thread(
             target=dispatcher.run_worker,
             kwargs={"runtime": runtime, "stop": stop},
@@ -170,6 +173,8 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
         )
     finally:
         stop.set()
+        if runner is not None:
+            runner.stop()
 
 
 @cli.command()
@@ -206,9 +211,27 @@ def worker(
         runtime = dataclasses.replace(
             runtime, settings=dataclasses.replace(runtime.settings, **overrides)
         )
-    rv = dispatcher.run_worker(runtime=runtime, drain=drain)
+    if drain:
+        rv = dispatcher.run_worker(runtime=runtime, drain=True)
+    else:
+        rv = _run_worker_with_jobs(runtime)
     if drain and rv is not None:
         click.echo(json.dumps(rv, sort_keys=True))
+
+
+def _run_worker_with_jobs(runtime: Runtime) -> dict[str, Any] | None:
+    """The dispatcher loop, and the periodic jobs on a thread beside it; one stop for both."""
+    from connector import dispatcher, jobs
+
+    stop = threading.Event()
+    previous = jobs.install_stop_signals(stop)
+    runner = jobs.JobRunner(runtime, stop=stop).start()
+    try:
+        return dispatcher.run_worker(runtime=runtime, stop=stop)
+    finally:
+        stop.set()
+        runner.stop()
+        jobs.restore_signals(previous)
 
 
 @cli.group()
@@ -316,12 +339,16 @@ def add_woocommerce(
     test_event_code: str | None,
 ) -> None:
     """Connect a WooCommerce store."""
-    from connector.domains import normalize_store_url
+    from connector.domains import normalize_local_store_url, normalize_store_url
 
     if (consumer_key is None) != (consumer_secret is None):
         raise click.UsageError("--consumer-key and --consumer-secret go together")
     try:
-        store_url = normalize_store_url(store_url, require_https=False)
+        if _runtime(ctx).settings.woocommerce_allow_insecure:
+            # Development only: the same store URLs the connect flow then accepts.
+            store_url = normalize_local_store_url(store_url)
+        else:
+            store_url = normalize_store_url(store_url, require_https=False)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--store-url") from exc
     _validate_pixel(pixel_id)
@@ -765,3 +792,81 @@ def build_test_event(
 
 if __name__ == "__main__":
     main()
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--connection", "connection_id", required=True, help="The connection's id."
+)
+@click.option(
+    "--since",
+    "period",
+    required=True,
+    help="How far back to read the store's orders: 3d, 12h or 90m.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Count what would be enqueued; enqueue nothing."
+)
+@click.pass_context
+def backfill(
+    ctx: click.Context, connection_id: str, period: str, dry_run: bool
+) -> None:
+    """Read the store's orders updated in the period and enqueue every event the outbox lacks.
+
+    The same sweep the worker runs on a schedule: the same translation and unique keys as a
+    webhook, so running it twice enqueues nothing the second time. Progress goes to standard
+    error; the summary line is the last line of standard output.
+    """
+    from connector import sweep
+
+    try:
+        delta = sweep.parse_since(period)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    runtime = _runtime(ctx)
+    _connection_or_fail(ctx, connection_id)
+    now = datetime.now(UTC)
+    err = sys.stderr
+    interactive = err.isatty()
+
+    def describe(counts: Any) -> str:
+        if not isinstance(counts, sweep.SweepCounts):
+            return ""
+        return (
+            f"enqueued {counts.enqueued} · present {counts.present} · "
+            f"skipped {sum(counts.skipped.values())}"
+        )
+
+    # An endless iterable: the number of orders is not known ahead (Shopify gives no total).
+    ticks: Iterator[Any] = iter(itertools.count())
+    with click.progressbar(
+        ticks,
+        label=f"orders of {connection_id} since {(now - delta):%Y-%m-%d %H:%M} UTC",
+        show_pos=True,
+        item_show_func=describe,
+        file=err,
+    ) as bar:
+
+        def progress(counts: sweep.SweepCounts) -> None:
+            bar.update(1, counts)
+            if not interactive and counts.scanned % 100 == 0:
+                click.echo(f"  scanned {counts.scanned}: {describe(counts)}", err=True)
+
+        counts = sweep.sweep_connection(
+            runtime,
+            connection_id,
+            since=now - delta,
+            until=now,
+            dry_run=dry_run,
+            progress=progress,
+        )
+    for reason, n in counts.skipped.most_common():
+        click.echo(f"  skipped {n}: {reason}", err=True)
+    prefix = "dry run, nothing enqueued: " if dry_run else ""
+    summary = counts.summary()
+    if dry_run:
+        summary = summary.replace("enqueued", "would enqueue", 1)
+    click.echo(f"{prefix}{summary}")

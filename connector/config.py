@@ -109,6 +109,8 @@ class Settings:
     #: retention (connector.retention): personal data of sent events, and webhook receipts
     retain_personal_data_days: int = 30
     retain_receipts_days: int = 7
+    #: seconds between order sweeps of every connection (CONNECTOR_SWEEP_INTERVAL)
+    sweep_interval: float = 900.0
 
     @property
     def is_production(self) -> bool:
@@ -168,6 +170,9 @@ class Settings:
             problems.append("CONNECTOR_LEASE_SECONDS must be at least 10")
         poll_interval = _float(environ, "CONNECTOR_POLL_INTERVAL", 1.0, problems)
         http_timeout = _float(environ, "CONNECTOR_HTTP_TIMEOUT", 20.0, problems)
+        sweep_interval = _float(environ, "CONNECTOR_SWEEP_INTERVAL", 900.0, problems)
+        if sweep_interval < 60:
+            problems.append("CONNECTOR_SWEEP_INTERVAL must be at least 60 seconds")
         if env == "production":
             if not keys:
                 problems.append("CONNECTOR_ENCRYPTION_KEYS is required in production")
@@ -257,6 +262,7 @@ class Settings:
             log_format=log_format,
             retain_personal_data_days=retain_personal,
             retain_receipts_days=retain_receipts,
+            sweep_interval=sweep_interval,
         )
 
 

@@ -23,10 +23,9 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, case, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from connector import logs, meta_oauth, metrics, registry, retention
+from connector import logs, metrics
 from connector.capi import GraphClient, SendResult, event_problem
 from connector.errors import GraphError
-from connector.platform import PeriodicJob
 from connector.retry import (
     DEFAULT_POLICY,
     Dead,
@@ -277,7 +276,9 @@ class Dispatcher:
         """Set aside, visibly, the rows Meta would refuse: each would sink its whole request."""
         keep: list[Claimed] = []
         for row in rows:
-            verdict = check_event_time(row.event_time, now)
+            verdict = check_event_time(
+                row.event_time, now, action_source=row.payload.get("action_source")
+            )
             if verdict is None:
                 problem = event_problem(row.payload)
                 if problem is not None:
@@ -556,53 +557,6 @@ def _clip(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-# -- periodic jobs ------------------------------------------------------------------------
-
-
-def collect_periodic_jobs() -> list[PeriodicJob]:
-    """Every platform's periodic jobs, plus Meta's token check."""
-    jobs: list[PeriodicJob] = []
-    try:
-        adapters = registry.adapters()
-    except Exception:
-        # A broken platform package must not stop delivery of every other store's events.
-        log.exception("could not load the platform adapters; their jobs will not run")
-        adapters = {}
-    for name, adapter in adapters.items():
-        try:
-            jobs.extend(adapter.periodic_jobs())
-        except Exception:
-            log.exception("platform %s could not list its periodic jobs", name)
-    try:
-        jobs.extend(meta_oauth.periodic_jobs())
-    except Exception:
-        log.exception("Meta's periodic jobs could not be listed")
-    jobs.extend(retention.periodic_jobs())
-    return jobs
-
-
-class JobScheduler:
-    """Runs each job when its interval has passed; a failing job is logged, never fatal."""
-
-    def __init__(self, jobs: Sequence[PeriodicJob], runtime: Runtime) -> None:
-        self.jobs = list(jobs)
-        self.runtime = runtime
-        self.next_run: dict[str, float] = {job.name: 0.0 for job in self.jobs}
-
-    def run_due(self, stop: threading.Event) -> None:
-        for job in self.jobs:
-            if stop.is_set():
-                return
-            now = time.monotonic()
-            if now < self.next_run[job.name]:
-                continue
-            self.next_run[job.name] = now + job.interval_seconds
-            try:
-                job.run(self.runtime)
-            except Exception:
-                log.exception("periodic job %s failed; it runs again later", job.name)
-
-
 # -- entry point --------------------------------------------------------------------------
 
 
@@ -634,14 +588,9 @@ def run_worker(
         clock=clock,
         stop=stop,
     )
-    scheduler = (
-        None if drain else JobScheduler(collect_periodic_jobs(), runtime=runtime)
-    )
     log.info("worker %s started%s", dispatcher.worker_id, " (drain)" if drain else "")
     try:
         while not stop.is_set():
-            if scheduler is not None:
-                scheduler.run_due(stop)
             try:
                 claimed = dispatcher.run_once()
             except SQLAlchemyError:

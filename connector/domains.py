@@ -68,3 +68,33 @@ def is_public_hostname(host: str) -> bool:
         not in {"localhost", "local", "internal", "localdomain", "test", "invalid"}
         and not labels[-1].isdigit()
     )
+
+
+def normalize_local_store_url(url: str) -> str:
+    """A store URL for development (``WOOCOMMERCE_ALLOW_INSECURE_URLS=1``): http, local hosts, any port.
+
+    Still no credentials, query or fragment, and a host is required.
+
+    Raises:
+        ValueError: with a sentence a person can act on.
+    """
+    url = url.strip()
+    if len(url) > MAX_STORE_LENGTH or not url.isprintable():
+        raise ValueError("the store URL is too long or holds control characters")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in {"http", "https"}:
+        raise ValueError("the store URL must start with https:// or http://")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the store URL must not carry credentials")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError as exc:
+        raise ValueError("the store URL has an invalid port") from exc
+    if not parts.hostname:
+        raise ValueError("the store URL must name a host")
+    if parts.query or parts.fragment:
+        raise ValueError("the store URL must not have a query or fragment")
+    if not unquote(parts.path).isprintable():
+        raise ValueError("the store URL's path holds control characters")
+    return urlunsplit((scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))

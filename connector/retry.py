@@ -15,6 +15,8 @@ from connector.errors import GraphError
 
 #: Meta rejects a whole request when any event in it is older than this
 MAX_EVENT_AGE = timedelta(days=7)
+#: Meta's window for physical_store events
+PHYSICAL_STORE_MAX_AGE = timedelta(days=62)
 #: clocks drift; past this, an event "from the future" is a bug at the source
 MAX_CLOCK_SKEW = timedelta(minutes=1)
 
@@ -186,13 +188,25 @@ def _describe(error: GraphError) -> str:
     return " ".join(parts)
 
 
-def check_event_time(event_time: datetime, now: datetime) -> Dead | None:
-    """Dead-letter an event Meta would reject for its time, before it can sink a batch."""
-    if event_time < now - MAX_EVENT_AGE:
+def check_event_time(
+    event_time: datetime, now: datetime, *, action_source: str | None = None
+) -> Dead | None:
+    """Dead-letter an event Meta would reject for its time, before it can sink a batch.
+
+    Meta accepts ``event_time`` up to 7 days back, and up to 62 days back for
+    ``physical_store`` events
+    (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/server-event#event-time).
+    The reason is written for the store owner.
+    """
+    days = (
+        PHYSICAL_STORE_MAX_AGE if action_source == "physical_store" else MAX_EVENT_AGE
+    )
+    if event_time < now - days:
         return Dead(
             kind="too_old",
-            reason=f"event_time {event_time.isoformat()} is more than 7 days before "
-            f"{now.isoformat()}: Meta rejects it",
+            reason=f"this conversion happened on {event_time:%Y-%m-%d %H:%M} UTC, more than "
+            f"{days.days} days ago; Meta only accepts conversions from the last {days.days} days, "
+            "so it could not be sent (it is kept here for your records)",
         )
     if event_time > now + MAX_CLOCK_SKEW:
         return Dead(

@@ -609,16 +609,20 @@ def test_a_failing_periodic_job_is_logged_and_the_others_still_run(
             name="tick", interval_seconds=3600, run=lambda rt: ran.append("tick")
         ),
     ]
-    scheduler = dispatcher.JobScheduler(jobs, runtime=runtime)
-    scheduler.run_due(threading.Event())
-    scheduler.run_due(threading.Event())
+    from connector.jobs import JobRunner
+
+    scheduler = JobRunner(runtime, jobs)
+    scheduler.run_due()
+    scheduler.run_due()
     assert ran == ["tick"]
     assert "periodic job boom failed" in caplog.text
 
 
 def test_the_worker_collects_every_platforms_periodic_jobs() -> None:
     """Each adapter's periodic jobs are among those the worker runs."""
-    names = {job.name for job in dispatcher.collect_periodic_jobs()}
+    from connector.jobs import collect_periodic_jobs
+
+    names = {job.name for job in collect_periodic_jobs()}
     for adapter in registry.adapters().values():
         assert {job.name for job in adapter.periodic_jobs()} <= names
 

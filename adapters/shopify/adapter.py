@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,8 @@ from connector.platform import (
 
 if TYPE_CHECKING:
     from connector.config import Settings
+    from connector.runtime import Runtime
+    from connector.sweep import FoundOrder, Repair
 
 
 class ShopifyAdapter:
@@ -94,6 +96,24 @@ class ShopifyAdapter:
         from adapters.shopify import install
 
         return install.periodic_jobs()
+
+    def sweep_orders(
+        self, runtime: Runtime, connection_id: str, since: datetime, until: datetime
+    ) -> Iterator[FoundOrder]:
+        """Orders updated in ``[since, until]`` (see :mod:`adapters.shopify.sweep`).
+
+        Raises:
+            PlatformError: the shop cannot be read.
+        """
+        from adapters.shopify import sweep
+
+        return sweep.sweep_orders(runtime, connection_id, since, until)
+
+    def repair_webhooks(self, runtime: Runtime, connection_id: str) -> list[Repair]:
+        """Re-create subscriptions Shopify removed (see :mod:`adapters.shopify.sweep`)."""
+        from adapters.shopify import sweep
+
+        return sweep.repair_webhooks(runtime, connection_id)
 
     def blueprint(self) -> Any:
         """The install routes (``/shopify/install``, ``/shopify/callback``)."""

@@ -7,9 +7,9 @@ address connected to); see :func:`connector.outbound.shopify_policy` for the one
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -339,3 +339,236 @@ def _json(rv: requests.Response) -> dict[str, Any]:
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}
+
+
+# -- order sweeps -------------------------------------------------------------------------
+
+#: orders per page and line items per order: with the fields below a page's requested cost
+#: stays under the 1,000-point single-query limit
+#: (https://shopify.dev/docs/api/usage/limits#graphql-admin-api-rate-limits)
+ORDERS_PAGE_SIZE = 10
+ORDER_LINE_ITEMS = 25
+ORDER_TRANSACTIONS = 10
+
+ORDERS_QUERY = """
+query ConnectorOrders($first: Int!, $after: String, $query: String, $lines: Int!, $transactions: Int!) {
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    nodes {
+      legacyResourceId
+      test
+      displayFinancialStatus
+      cancelledAt
+      processedAt
+      createdAt
+      updatedAt
+      currencyCode
+      presentmentCurrencyCode
+      totalPriceSet {
+        shopMoney { amount currencyCode }
+        presentmentMoney { amount currencyCode }
+      }
+      email
+      phone
+      sourceName
+      clientIp
+      statusPageUrl
+      customAttributes { key value }
+      customer { legacyResourceId email phone firstName lastName }
+      billingAddress { firstName lastName city provinceCode zip countryCodeV2 phone }
+      shippingAddress { firstName lastName city provinceCode zip countryCodeV2 phone }
+      customerJourneySummary { lastVisit { landingPage } }
+      transactions(first: $transactions) { kind status processedAt }
+      lineItems(first: $lines) {
+        nodes {
+          quantity
+          sku
+          variant { legacyResourceId }
+          product { legacyResourceId }
+          originalUnitPriceSet {
+            shopMoney { amount currencyCode }
+            presentmentMoney { amount currencyCode }
+          }
+        }
+      }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
+}
+"""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cost:
+    """``extensions.cost`` of a GraphQL answer (points; ``restore_rate`` in points per second)."""
+
+    requested: float
+    actual: float | None
+    available: float
+    maximum: float
+    restore_rate: float
+
+    def wait_for(self, points: float) -> float:
+        """Seconds until ``points`` are available again in the bucket (0 when they are).
+
+        One point more than the deficit: the bucket's level is rounded in the answer.
+        """
+        if self.available >= points or self.restore_rate <= 0:
+            return 0.0
+        return (min(points, self.maximum) - self.available + 1) / self.restore_rate
+
+
+@dataclass(frozen=True, kw_only=True)
+class CostedAnswer:
+    """A GraphQL answer with its cost; ``throttled`` when Shopify refused it for the bucket."""
+
+    data: dict[str, Any]
+    cost: Cost | None
+    throttled: bool
+
+
+def read_cost(answer: Mapping[str, Any]) -> Cost | None:
+    """The ``extensions.cost`` block of an answer, or None when it has none (pure)."""
+    cost = (answer.get("extensions") or {}).get("cost")
+    if not isinstance(cost, Mapping):
+        return None
+    status = cost.get("throttleStatus") or {}
+    try:
+        return Cost(
+            requested=float(cost.get("requestedQueryCost") or 0),
+            actual=(
+                float(cost["actualQueryCost"])
+                if cost.get("actualQueryCost") is not None
+                else None
+            ),
+            available=float(status.get("currentlyAvailable") or 0),
+            maximum=float(status.get("maximumAvailable") or 0),
+            restore_rate=float(status.get("restoreRate") or 0),
+        )
+    except (TypeError, ValueError):
+        return None
+
+
+def is_throttled(answer: Mapping[str, Any]) -> bool:
+    """True for Shopify's ``THROTTLED`` error answer (HTTP 200, ``errors[].extensions.code``)."""
+    errors = answer.get("errors")
+    if not isinstance(errors, list):
+        return False
+    return any(
+        isinstance(e, Mapping)
+        and isinstance(e.get("extensions"), Mapping)
+        and e["extensions"].get("code") == "THROTTLED"
+        for e in errors
+    )
+
+
+def graphql_costed(
+    admin: ShopifyAdmin,
+    shop: str,
+    token: str,
+    query: str,
+    variables: Mapping[str, Any],
+) -> CostedAnswer:
+    """Run one GraphQL Admin query and keep ``extensions.cost``; a THROTTLED answer is returned.
+
+    Raises:
+        PlatformError: Shopify is unreachable, answers non-200, or with another error.
+    """
+    url = f"{admin.base(shop)}/admin/api/{API_VERSION}/graphql.json"
+    try:
+        rv = admin._http.post(
+            url,
+            json={"query": query, "variables": dict(variables)},
+            headers={"X-Shopify-Access-Token": token, "Accept": "application/json"},
+            timeout=admin._timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        raise PlatformError(f"Shopify's Admin API for {shop} did not answer") from exc
+    answer = _json(rv)
+    if rv.status_code != 200:
+        raise PlatformError(
+            f"Shopify's Admin API answered {rv.status_code} for {shop}",
+            status=rv.status_code,
+        )
+    cost = read_cost(answer)
+    if is_throttled(answer):
+        return CostedAnswer(data={}, cost=cost, throttled=True)
+    errors = answer.get("errors")
+    if errors:
+        raise PlatformError(f"Shopify's Admin API refused a query for {shop}: {errors}")
+    data = answer.get("data")
+    if not isinstance(data, dict):
+        raise PlatformError(f"Shopify's Admin API answered {shop} without data")
+    return CostedAnswer(data=data, cost=cost, throttled=False)
+
+
+def orders_search(since: datetime, until: datetime) -> str:
+    """The ``query`` argument selecting orders updated in ``[since, until]``.
+
+    Shopify's search syntax: https://shopify.dev/docs/api/usage/search-syntax
+    (``updated_at`` is one of the ``orders`` query's filters).
+    """
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    return (
+        f"updated_at:>='{since.astimezone(UTC).strftime(fmt)}' "
+        f"AND updated_at:<='{until.astimezone(UTC).strftime(fmt)}'"
+    )
+
+
+def iter_orders(
+    admin: ShopifyAdmin,
+    shop: str,
+    token: str,
+    since: datetime,
+    until: datetime,
+    *,
+    sleep: Callable[[float], bool],
+    max_throttled: int = 20,
+) -> Iterator[dict[str, Any]]:
+    """Every order node updated in ``[since, until]``, page by page, within the cost budget.
+
+    Before each page, when the bucket (as the last answer reported it) holds fewer points
+    than the page's requested cost, waits for it to refill at the restore rate; a THROTTLED
+    answer is waited out and asked again. ``sleep(seconds)`` returns True to stop early
+    (the worker is shutting down). Source: https://shopify.dev/docs/api/usage/limits
+
+    Raises:
+        PlatformError: Shopify refuses the query, or stays throttled ``max_throttled`` times.
+    """
+    after: str | None = None
+    last: Cost | None = None
+    throttled = 0
+    variables: dict[str, Any] = {
+        "first": ORDERS_PAGE_SIZE,
+        "query": orders_search(since, until),
+        "lines": ORDER_LINE_ITEMS,
+        "transactions": ORDER_TRANSACTIONS,
+    }
+    while True:
+        if last is not None:
+            wait = last.wait_for(last.requested)
+            if wait > 0 and sleep(wait):
+                return
+        answer = graphql_costed(
+            admin, shop, token, ORDERS_QUERY, {**variables, "after": after}
+        )
+        if answer.cost is not None:
+            last = answer.cost
+        if answer.throttled:
+            throttled += 1
+            if throttled > max_throttled:
+                raise PlatformError(
+                    f"Shopify kept throttling the order sweep of {shop}"
+                )
+            wait = last.wait_for(last.requested) if last is not None else 1.0
+            if sleep(max(wait, 0.5)):
+                return
+            continue
+        page = answer.data.get("orders") or {}
+        for node in page.get("nodes") or []:
+            if isinstance(node, dict):
+                yield node
+        info = page.get("pageInfo") or {}
+        if not info.get("hasNextPage") or not info.get("endCursor"):
+            return
+        after = str(info["endCursor"])

@@ -230,6 +230,8 @@ def translate_order(
     event_time = _event_time(order, "processed_at", "created_at", now)
     if event_time is None:
         raise PayloadError("the order has no readable processed_at or created_at")
+    if paid and purchase_on != "created":
+        event_time = paid_time(order, topic, event_time, now)
     prices = _Prices.of(order)
     if prices.total is None or prices.currency is None:
         return skip("the order has no readable total_price and currency")
@@ -474,6 +476,38 @@ def _event_time(
             # A clock ahead of ours must not put the event in the future, which Meta refuses.
             return min(found, now)
     return None
+
+
+def paid_time(
+    order: Mapping[str, Any], topic: str, placed: datetime, now: datetime
+) -> datetime:
+    """When the order became paid: a Purchase is dated when the state that triggers it was reached.
+
+    An order paid later than it was placed (cash on delivery, bank transfer) is dated at
+    payment, not at ``processed_at``, or Meta would refuse it as more than 7 days old.
+    Signals, best first, never before ``placed`` nor after ``now``:
+
+    - the order's successful ``sale``/``capture`` transactions (the sweep reads them from
+      the GraphQL ``Order.transactions``): the latest one's ``processed_at``;
+    - at ``orders/paid``, the order's ``updated_at``: marking it paid updates the order, and
+      Shopify documents ``updated_at`` as the date of its last change
+      (https://shopify.dev/docs/api/admin-rest/latest/resources/order);
+    - otherwise ``placed`` (an order paid at checkout).
+    """
+    captured = [
+        found
+        for t in items(order.get("transactions"))
+        if (text(mapping(t).get("kind")) or "").lower() in {"sale", "capture"}
+        and (text(mapping(t).get("status")) or "").lower() == "success"
+        and (found := timestamp(mapping(t).get("processed_at"))) is not None
+    ]
+    if captured:
+        when = max(captured)
+    elif topic == topics.ORDERS_PAID:
+        when = timestamp(order.get("updated_at")) or placed
+    else:
+        when = placed
+    return min(max(when, placed), now)
 
 
 def action_source(resource: Mapping[str, Any]) -> ActionSource:

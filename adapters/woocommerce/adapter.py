@@ -9,7 +9,7 @@ connecting a store in :mod:`adapters.woocommerce.connect`.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,8 @@ from connector.platform import (
 
 if TYPE_CHECKING:
     from connector.config import Settings
+    from connector.runtime import Runtime
+    from connector.sweep import FoundOrder, Repair
 
 SIGNATURE_HEADER = "x-wc-webhook-signature"
 TOPIC_HEADER = "x-wc-webhook-topic"
@@ -123,6 +125,24 @@ class WooCommerceAdapter:
         from adapters.woocommerce.connect import periodic_jobs
 
         return periodic_jobs()
+
+    def sweep_orders(
+        self, runtime: Runtime, connection_id: str, since: datetime, until: datetime
+    ) -> Iterator[FoundOrder]:
+        """Orders modified in ``[since, until]`` (see :mod:`adapters.woocommerce.sweep`).
+
+        Raises:
+            PlatformError: the store cannot be read.
+        """
+        from adapters.woocommerce import sweep
+
+        return sweep.sweep_orders(runtime, connection_id, since, until)
+
+    def repair_webhooks(self, runtime: Runtime, connection_id: str) -> list[Repair]:
+        """Re-activate or re-create the store's webhooks (see :mod:`adapters.woocommerce.sweep`)."""
+        from adapters.woocommerce import sweep
+
+        return sweep.repair_webhooks(runtime, connection_id)
 
     def blueprint(self) -> Any:
         """``/woocommerce/connect``, ``/woocommerce/callback`` and the return page."""

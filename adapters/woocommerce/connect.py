@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from html import escape
 from typing import Any
-from urllib.parse import unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, abort, jsonify, redirect, request, session
 from sqlalchemy import select
@@ -52,7 +52,10 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from adapters.woocommerce.rest import WooCommerceClient
 from connector.crypto import keyring
-from connector.domains import MAX_STORE_LENGTH, normalize_store_url
+from connector.domains import (
+    normalize_local_store_url,
+    normalize_store_url,
+)
 from connector.errors import ConnectorError, PlatformError
 from connector.links import sign_admin_link
 from connector.outbound import (
@@ -101,26 +104,7 @@ def validate_store_url(url: str, *, allow_insecure: bool) -> str:
     """
     if not allow_insecure:
         return normalize_store_url(url)
-    url = url.strip()
-    if len(url) > MAX_STORE_LENGTH or not url.isprintable():
-        raise ValueError("the store URL is too long or holds control characters")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in {"http", "https"}:
-        raise ValueError("the store URL must start with https:// or http://")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("the store URL must not carry credentials")
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError as exc:
-        raise ValueError("the store URL has an invalid port") from exc
-    if not parts.hostname:
-        raise ValueError("the store URL must name a host")
-    if parts.query or parts.fragment:
-        raise ValueError("the store URL must not have a query or fragment")
-    if not unquote(parts.path).isprintable():
-        raise ValueError("the store URL's path holds control characters")
-    return urlunsplit((scheme, parts.netloc.lower(), parts.path.rstrip("/"), "", ""))
+    return normalize_local_store_url(url)
 
 
 def generate_secret() -> str:

@@ -222,3 +222,55 @@ class OAuthState(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class JobRun(Base):
+    """A periodic job's lease for one tick: the first process to insert the row runs the job.
+
+    A tick is ``floor(epoch seconds / interval)``; the primary key makes "once per interval
+    across the cluster" an ``INSERT ... ON CONFLICT DO NOTHING`` (as procrastinate leases
+    periodic tasks).
+    """
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tick: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: ok | failed | interrupted
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class SweepState(Base):
+    """A connection's order sweep: how far it has read the store's orders, and how the last went."""
+
+    __tablename__ = "sweep_states"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: every order updated before this time has been read (the high-water mark)
+    swept_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_run_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: the last sweep's counts: scanned, enqueued, present, skipped by reason
+    last_counts: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
+
+
+class WebhookRepair(Base):
+    """A webhook found disabled or missing at the store, and what was done about it."""
+
+    __tablename__ = "webhook_repairs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+    )
+    topic: Mapped[str] = mapped_column(String(128))
+    #: reactivated | recreated | failed
+    action: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    repaired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

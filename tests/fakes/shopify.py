@@ -17,18 +17,30 @@ connector reaches it with ``SHOPIFY_ADMIN_URL_TEMPLATE = "http://127.0.0.1:PORT/
   ``topics`` filter and cursor pages), ``webhookSubscriptionCreate`` (``userErrors`` when
   the address is taken or not https), ``webhookSubscriptionUpdate`` and
   ``webhookSubscriptionDelete``; ``X-Shopify-Access-Token`` must be a live token of the shop.
+- The ``orders`` query (https://shopify.dev/docs/api/admin-graphql/latest/queries/orders):
+  ``first``/``after`` cursor pages sorted by ``UPDATED_AT``, the ``query`` search filter on
+  ``updated_at`` (``>``, ``>=``, ``<``, ``<=``, quoted ISO times, joined by ``AND``), nodes
+  in the GraphQL ``Order`` shape as :meth:`FakeShopify.add_order` stored them.
+- Cost-based throttling (https://shopify.dev/docs/api/usage/limits): every answer carries
+  ``extensions.cost`` (``requestedQueryCost``, ``actualQueryCost``, ``throttleStatus``
+  ``{maximumAvailable, currentlyAvailable, restoreRate}``); a query costing more than the
+  bucket holds is answered ``200 {"errors": [{"message": "Throttled", "extensions":
+  {"code": "THROTTLED"}}]}`` and one above 1,000 points with ``MAX_COST_EXCEEDED``. The
+  bucket refills at ``restore_rate`` points per second of ``clock``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -103,6 +115,18 @@ class FakeShopify:
     grants: Counter[str] = field(default_factory=Counter)
     mutations: Counter[str] = field(default_factory=Counter)
     api_versions: set[str] = field(default_factory=set)
+    #: shop -> GraphQL Order nodes (``legacyResourceId``, ``updatedAt``, ...)
+    orders: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: the cost bucket: Shopify's standard plan
+    bucket_max: float = 2000.0
+    restore_rate: float = 100.0
+    buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: orders queries answered, THROTTLED answers, and the lowest level the bucket reached
+    order_pages: int = 0
+    #: orders queries without a cursor: each starts a sweep
+    order_sweeps: int = 0
+    throttled: int = 0
+    lowest_available: float = float("inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_id: int = 1
 
@@ -118,6 +142,11 @@ class FakeShopify:
         for gid, (topic, _) in list(subs.items()):
             if topic == topic_enum:
                 del subs[gid]
+
+    def add_order(self, shop: str, node: dict[str, Any]) -> None:
+        """Store (or replace) an order in the GraphQL ``Order`` shape."""
+        with self._lock:
+            self.orders.setdefault(shop, {})[str(node["legacyResourceId"])] = node
 
     def issue_expiring(
         self, shop: str, *, access_ttl: int = ACCESS_TTL
@@ -270,6 +299,8 @@ class FakeShopify:
     def _graphql(
         self, shop: str, query: str, variables: dict[str, Any]
     ) -> dict[str, Any]:
+        if "orders(" in query:
+            return self._orders(shop, variables)
         subs = self.subscriptions.setdefault(shop, {})
         if "webhookSubscriptionCreate" in query:
             self.mutations["webhookSubscriptionCreate"] += 1
@@ -384,6 +415,203 @@ class FakeShopify:
                 }
             }
         return {"errors": [{"message": "the fake does not know this query"}]}
+
+    # -- orders and the cost bucket -------------------------------------------------------
+
+    def _available(self, shop: str) -> float:
+        level, at = self.buckets.get(shop, (self.bucket_max, self.clock()))
+        now = self.clock()
+        return min(self.bucket_max, level + max(now - at, 0.0) * self.restore_rate)
+
+    def _cost(
+        self, requested: float, actual: float | None, shop: str
+    ) -> dict[str, Any]:
+        return {
+            "requestedQueryCost": requested,
+            "actualQueryCost": actual,
+            "throttleStatus": {
+                "maximumAvailable": self.bucket_max,
+                "currentlyAvailable": round(self._available(shop), 1),
+                "restoreRate": self.restore_rate,
+            },
+        }
+
+    def _orders(self, shop: str, variables: dict[str, Any]) -> dict[str, Any]:
+        first = int(variables.get("first") or 0)
+        lines = int(variables.get("lines") or 0)
+        transactions = int(variables.get("transactions") or 0)
+        if not 1 <= first <= 250:
+            return {"errors": [{"message": "first must be between 1 and 250"}]}
+        # Shopify's calculation: a connection costs 2 plus ``first`` times its node's cost.
+        per_order = 6 + transactions + (2 + lines * 3)
+        requested = float(2 + first * per_order)
+        if requested > 1000:
+            return {
+                "errors": [
+                    {
+                        "message": f"Query cost is {requested:.0f}, which exceeds the single query max cost limit (1000).",
+                        "extensions": {"code": "MAX_COST_EXCEEDED", "cost": requested},
+                    }
+                ]
+            }
+        available = self._available(shop)
+        if requested > available:
+            self.throttled += 1
+            self.buckets[shop] = (available, self.clock())
+            return {
+                "errors": [
+                    {"message": "Throttled", "extensions": {"code": "THROTTLED"}}
+                ],
+                "extensions": {"cost": self._cost(requested, None, shop)},
+            }
+        found = sorted(
+            (
+                n
+                for n in self.orders.get(shop, {}).values()
+                if _matches(n, str(variables.get("query") or ""))
+            ),
+            key=lambda n: (n["updatedAt"], int(n["legacyResourceId"])),
+        )
+        start = int(variables.get("after") or 0)
+        page = found[start : start + first]
+        more = start + first < len(found)
+        actual = 2 + sum(
+            6
+            + len(n.get("transactions") or [])
+            + 2
+            + 3 * len((n.get("lineItems") or {}).get("nodes") or [])
+            for n in page
+        )
+        left = available - actual
+        self.lowest_available = min(self.lowest_available, available - requested)
+        self.buckets[shop] = (left, self.clock())
+        self.order_pages += 1
+        if not variables.get("after"):
+            self.order_sweeps += 1
+        return {
+            "data": {
+                "orders": {
+                    "nodes": [_select(n, lines, transactions) for n in page],
+                    "pageInfo": {
+                        "hasNextPage": more,
+                        "endCursor": str(start + first) if more else None,
+                    },
+                }
+            },
+            "extensions": {"cost": self._cost(requested, float(actual), shop)},
+        }
+
+
+_TERM = re.compile(r"updated_at:(>=|<=|>|<)'?([0-9T:.+\-Z]+)'?")
+
+
+def _matches(node: dict[str, Any], query: str) -> bool:
+    """Shopify search syntax, the part the connector uses: ``updated_at`` comparisons."""
+    updated = datetime.fromisoformat(node["updatedAt"].replace("Z", "+00:00"))
+    for op, raw in _TERM.findall(query):
+        bound = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        if bound.tzinfo is None:
+            bound = bound.replace(tzinfo=UTC)
+        ok = {
+            ">": updated > bound,
+            ">=": updated >= bound,
+            "<": updated < bound,
+            "<=": updated <= bound,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def _select(node: dict[str, Any], lines: int, transactions: int) -> dict[str, Any]:
+    rv = dict(node)
+    rv["lineItems"] = {
+        "nodes": list((node.get("lineItems") or {}).get("nodes") or [])[:lines]
+    }
+    rv["transactions"] = list(node.get("transactions") or [])[:transactions]
+    return rv
+
+
+def graphql_order(
+    order_id: int,
+    *,
+    updated_at: datetime,
+    created_at: datetime | None = None,
+    processed_at: datetime | None = None,
+    financial_status: str = "PAID",
+    paid_at: datetime | None = None,
+    email: str = "buyer@example.com",
+    total: str = "49.90",
+    currency: str = "EUR",
+    test: bool = False,
+) -> dict[str, Any]:
+    """An order in the GraphQL Admin ``Order`` shape, with the fields the connector asks for."""
+    created = created_at or updated_at
+    processed = processed_at or created
+    money = {"amount": total, "currencyCode": currency}
+    paid = paid_at or processed
+    iso = "%Y-%m-%dT%H:%M:%SZ"
+    return {
+        "legacyResourceId": str(order_id),
+        "test": test,
+        "displayFinancialStatus": financial_status,
+        "cancelledAt": None,
+        "processedAt": processed.astimezone(UTC).strftime(iso),
+        "createdAt": created.astimezone(UTC).strftime(iso),
+        "updatedAt": updated_at.astimezone(UTC).strftime(iso),
+        "currencyCode": currency,
+        "presentmentCurrencyCode": currency,
+        "totalPriceSet": {"shopMoney": money, "presentmentMoney": money},
+        "email": email,
+        "phone": None,
+        "sourceName": "web",
+        "clientIp": "203.0.113.7",
+        "statusPageUrl": f"https://shop.example/123/orders/{order_id}/authenticate?key=k",
+        "customAttributes": [],
+        "customer": {
+            "legacyResourceId": str(order_id + 1000),
+            "email": email,
+            "phone": None,
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+        },
+        "billingAddress": {
+            "firstName": "Ada",
+            "lastName": "Lovelace",
+            "city": "Paris",
+            "provinceCode": None,
+            "zip": "75001",
+            "countryCodeV2": "FR",
+            "phone": None,
+        },
+        "shippingAddress": None,
+        "customerJourneySummary": None,
+        "transactions": (
+            [
+                {
+                    "kind": "SALE",
+                    "status": "SUCCESS",
+                    "processedAt": paid.astimezone(UTC).strftime(iso),
+                }
+            ]
+            if financial_status == "PAID"
+            else []
+        ),
+        "lineItems": {
+            "nodes": [
+                {
+                    "quantity": 1,
+                    "sku": "SKU-1",
+                    "variant": {"legacyResourceId": "4400"},
+                    "product": {"legacyResourceId": "3300"},
+                    "originalUnitPriceSet": {
+                        "shopMoney": money,
+                        "presentmentMoney": money,
+                    },
+                }
+            ]
+        },
+    }
 
 
 def _error(status: int, error: str, description: str) -> Any:

@@ -14,6 +14,15 @@ What it does, and where WooCommerce does it:
   ``consumer_secret`` query parameters) when the store is on https, one-legged OAuth 1.0a
   (query ``oauth_*``, HMAC-SHA1/256 over every request parameter, key ``secret&``,
   15-minute timestamps, single-use nonces) otherwise; WooCommerce's error objects, 401.
+- ``GET /wp-json/wc/v3/orders`` (``class-wc-rest-orders-controller.php``,
+  https://woocommerce.github.io/woocommerce-rest-api-docs/#list-all-orders): ``modified_after``
+  / ``modified_before`` (ISO 8601, compared with ``date_modified_gmt`` when ``dates_are_gmt``
+  is true, else with the store-local ``date_modified``), ``status`` (``any`` by default),
+  ``orderby`` ``id``/``date``/``modified``, ``order``, ``per_page`` (1-100, else 400
+  ``rest_invalid_param``) and ``page``; ``X-WP-Total`` and ``X-WP-TotalPages`` headers.
+- Webhook status (``active``, ``paused``, ``disabled``) is read with ``GET /webhooks/<id>``
+  and set with ``PUT``; :meth:`FakeWooCommerce.fail_deliveries` disables a webhook as
+  ``WC_Webhook::failed_delivery`` does after more than five failures in a row.
 - :meth:`FakeWooCommerce.deliver` sends a webhook as ``WC_Webhook::deliver`` does, signed
   with ``wp_specialchars_decode($secret, ENT_QUOTES)``.
 
@@ -32,6 +41,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -134,6 +144,11 @@ class FakeWooCommerce:
         self.webhooks: dict[int, dict[str, Any]] = {}
         self.pings: list[tuple[str, int | None]] = []
         self.rest_calls: list[tuple[str, str, str]] = []  # (method, path, auth method)
+        #: order id -> a wc/v3 order (what GET /orders/<id> would answer)
+        self.orders: dict[int, dict[str, Any]] = {}
+        self.order_pages = 0
+        #: first pages of the order list: each starts a sweep
+        self.order_sweeps = 0
         self._ids = itertools.count(100)
         self._lock = threading.Lock()
         self.app = self._build_app()
@@ -180,6 +195,16 @@ class FakeWooCommerce:
             allow_redirects=False,
         )
 
+    def add_order(self, order: dict[str, Any]) -> None:
+        """Store (or replace) a wc/v3 order; it needs ``id`` and ``date_modified_gmt``."""
+        with self._lock:
+            self.orders[int(order["id"])] = order
+
+    def fail_deliveries(self, webhook_id: int) -> None:
+        """What WooCommerce does after a sixth failed delivery in a row: status ``disabled``."""
+        with self._lock:
+            self.webhooks[webhook_id]["status"] = "disabled"
+
     def webhooks_for(self, delivery_url: str) -> list[dict[str, Any]]:
         return [w for w in self.webhooks.values() if w["delivery_url"] == delivery_url]
 
@@ -198,6 +223,7 @@ class FakeWooCommerce:
             view_func=self._webhook,
             methods=["GET", "PUT", "POST", "PATCH", "DELETE"],
         )
+        app.add_url_rule("/wp-json/wc/v3/orders", view_func=self._orders)
         return app
 
     # wc-auth ----------------------------------------------------------------------
@@ -588,6 +614,68 @@ class FakeWooCommerce:
             hook["name"] = str(body["name"])
         return jsonify(self._public(hook, edit=True))
 
+    # REST orders ------------------------------------------------------------------
+
+    def _orders(self) -> Any:
+        denied = self._authorize("read")
+        if denied:
+            return denied
+        args = request.args
+        try:
+            per_page = int(args.get("per_page", "10"))
+            page = int(args.get("page", "1"))
+        except ValueError:
+            return wc_error("rest_invalid_param", "Invalid parameter(s): per_page", 400)
+        if not 1 <= per_page <= 100 or page < 1:
+            return wc_error(
+                "rest_invalid_param", "Invalid parameter(s): per_page, page", 400
+            )
+        gmt = args.get("dates_are_gmt", "false").lower() in ("1", "true")
+        field_name = "date_modified_gmt" if gmt else "date_modified"
+        bounds = {}
+        for name in ("modified_after", "modified_before"):
+            if name in args:
+                try:
+                    bounds[name] = _naive(args[name])
+                except ValueError:
+                    return wc_error(
+                        "rest_invalid_param", f"Invalid parameter(s): {name}", 400
+                    )
+        status = args.get("status", "any")
+        with self._lock:
+            found = []
+            for order in self.orders.values():
+                modified = _naive(order.get(field_name) or order["date_modified_gmt"])
+                if (
+                    "modified_after" in bounds
+                    and not modified > bounds["modified_after"]
+                ):
+                    continue
+                if (
+                    "modified_before" in bounds
+                    and not modified < bounds["modified_before"]
+                ):
+                    continue
+                if status != "any" and order.get("status") not in status.split(","):
+                    continue
+                if status == "any" and order.get("status") == "checkout-draft":
+                    continue
+                found.append(order)
+            self.order_pages += 1
+            if page == 1:
+                self.order_sweeps += 1
+        key = {
+            "id": lambda o: o["id"],
+            "date": lambda o: (o.get("date_created_gmt") or "", o["id"]),
+            "modified": lambda o: (o.get("date_modified_gmt") or "", o["id"]),
+        }.get(args.get("orderby", "date"), lambda o: o["id"])
+        found.sort(key=key, reverse=args.get("order", "desc") == "desc")
+        pages = -(-len(found) // per_page)
+        rv = jsonify(found[(page - 1) * per_page : page * per_page])
+        rv.headers["X-WP-Total"] = str(len(found))
+        rv.headers["X-WP-TotalPages"] = str(pages)
+        return rv
+
     @staticmethod
     def _public(hook: dict[str, Any], *, edit: bool = False) -> dict[str, Any]:
         rv = {
@@ -607,6 +695,14 @@ class FakeWooCommerce:
         if edit:
             rv["secret"] = hook["secret"]
         return rv
+
+
+def _naive(value: str) -> datetime:
+    """A WordPress date as the REST API compares them: to the second, no offset."""
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed.replace(microsecond=0)
 
 
 def _valid_topic(topic: str) -> bool:
