@@ -23,7 +23,7 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, case, or_, select, update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from connector import meta_oauth, registry
+from connector import dataset_quality, meta_oauth, registry
 from connector.capi import GraphClient, SendResult, event_problem
 from connector.errors import GraphError
 from connector.platform import PeriodicJob
@@ -567,6 +567,7 @@ def collect_periodic_jobs() -> list[PeriodicJob]:
             log.exception("platform %s could not list its periodic jobs", name)
     try:
         jobs.extend(meta_oauth.periodic_jobs())
+        jobs.extend(dataset_quality.periodic_jobs())
     except Exception:
         log.exception("Meta's periodic jobs could not be listed")
     return jobs
