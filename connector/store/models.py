@@ -279,6 +279,8 @@ class MetaQualityCheck(Base):
         ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
     )
     pixel_id: Mapped[str | None] = mapped_column(String(64))
+    #: 16 hex digits of the SHA-256 of the token used: a new token is asked at once
+    token_digest: Mapped[str | None] = mapped_column(String(16))
     checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: "ok", "no_access" (token or pixel without access: waits for a new token or pixel),
     #: or "error" (Meta unreachable or failing: tried again the next day)

@@ -5,13 +5,14 @@ Small query functions a dashboard page or the CLI calls; the rules live in conne
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from connector import quality
@@ -203,11 +204,16 @@ def last_meta_check(session: Session, connection_id: str) -> MetaQualityCheck | 
     return session.get(MetaQualityCheck, connection_id)
 
 
+def token_digest(token: str) -> str:
+    """16 hex digits of the token's SHA-256: tells a new token from the old, reveals nothing."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 def due_for_meta_check(session: Session, now: datetime) -> list[tuple[str, str, str]]:
     """``(connection id, pixel id, Meta token)`` of connections to read Meta's scores for.
 
-    Due when never read, read over :data:`RECHECK_AFTER` ago, or when the pixel or the
-    connection (a new token) changed since: a token without access waits for that, never
+    Due when never read, read over :data:`RECHECK_AFTER` ago, or read with another pixel or
+    token: a token without access waits for a new token or pixel or the next day, never
     retried in a loop.
     """
     last = MetaQualityCheck
@@ -218,16 +224,20 @@ def due_for_meta_check(session: Session, now: datetime) -> list[tuple[str, str, 
             Connection.status == ConnectionStatus.ACTIVE,
             Connection.pixel_id.is_not(None),
             Connection.meta_token.is_not(None),
-            or_(
-                last.checked_at.is_(None),
-                last.checked_at < now - RECHECK_AFTER,
-                last.pixel_id != Connection.pixel_id,
-                Connection.updated_at > last.checked_at,
-            ),
         )
         .order_by(Connection.id)
     )
-    return [(c.id, c.pixel_id or "", c.meta_token or "") for c, _ in rows]
+    rv = []
+    for conn, check in rows:
+        pixel, token = conn.pixel_id or "", conn.meta_token or ""
+        if (
+            check is None
+            or check.checked_at < now - RECHECK_AFTER
+            or check.pixel_id != pixel
+            or check.token_digest != token_digest(token)
+        ):
+            rv.append((conn.id, pixel, token))
+    return rv
 
 
 def record_meta_check(
@@ -235,6 +245,7 @@ def record_meta_check(
     connection_id: str,
     *,
     pixel_id: str,
+    token: str,
     outcome: str,
     detail: str | None,
     now: datetime,
@@ -245,6 +256,7 @@ def record_meta_check(
         row = MetaQualityCheck(connection_id=connection_id)
         session.add(row)
     row.pixel_id = pixel_id
+    row.token_digest = token_digest(token)
     row.checked_at = now
     row.outcome = outcome
     row.detail = detail[:2000] if detail else None

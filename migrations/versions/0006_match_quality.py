@@ -86,6 +86,7 @@ def upgrade() -> None:
         "meta_quality_checks",
         sa.Column("connection_id", sa.String(length=32), nullable=False),
         sa.Column("pixel_id", sa.String(length=64), nullable=True),
+        sa.Column("token_digest", sa.String(length=16), nullable=True),
         sa.Column(
             "checked_at",
             connector.store.types.UTCDateTime(timezone=True),
