@@ -378,3 +378,121 @@ def _pct(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
+
+
+# -- the terminal report -------------------------------------------------------------------
+
+_KEY_LABELS: Final = {
+    "em": "em (email)",
+    "ph": "ph (phone)",
+    "fn": "fn (first name)",
+    "ln": "ln (last name)",
+    "ct": "ct (city)",
+    "st": "st (state)",
+    "zp": "zp (postcode)",
+    "country": "country",
+    "db": "db (birth date)",
+    "ge": "ge (gender)",
+    "external_id": "external_id",
+    "client_ip_address": "client_ip_address",
+    "client_user_agent": "client_user_agent",
+    "fbc": "fbc (click id)",
+    "fbp": "fbp (browser id)",
+}
+
+
+def render_report(report: Mapping[str, Any]) -> str:
+    """One connection's report (connector.store.quality.report) as a table for a terminal."""
+    conn, period = report["connection"], report["period"]
+    lines = [
+        f"{conn['platform']} {conn['store']}  (connection {conn['id']}, pixel {conn['pixel_id'] or '-'})",
+        f"Events sent to Meta, {period['since']} .. {period['until']} (UTC days)",
+        "",
+    ]
+    events = list(report["events"])
+    scores = {s["event_name"]: s for s in (report.get("meta") or {}).get("scores", [])}
+    names = [e["event_name"] for e in events] + sorted(
+        n for n in scores if n not in {e["event_name"] for e in events}
+    )
+    if not names:
+        lines.append("No events were sent in this period.")
+    else:
+        by_name = {e["event_name"]: e for e in events}
+        width = max(len(n) for n in names)
+        width = max(width, 8)
+        label_width = max(len(v) for v in _KEY_LABELS.values()) + 2
+        head = "match key".ljust(label_width) + "".join(
+            n.rjust(width + 2) for n in names
+        )
+        lines += [head, "-" * len(head)]
+
+        def row(label: str, cell: Any) -> str:
+            return label.ljust(label_width) + "".join(
+                str(cell(n)).rjust(width + 2) for n in names
+            )
+
+        lines.append(
+            row(
+                "events sent",
+                lambda n: by_name[n]["events_sent"] if n in by_name else 0,
+            )
+        )
+        for key in MATCH_KEYS:
+            lines.append(
+                row(
+                    _KEY_LABELS[key],
+                    lambda n, key=key: (
+                        f"{round(by_name[n]['coverage'][key] * 100)}%"
+                        if n in by_name
+                        else "-"
+                    ),
+                )
+            )
+        lines.append("-" * len(head))
+        lines.append(
+            row(
+                "our estimate (0-10)*",
+                lambda n: f"{by_name[n]['our_estimate']:.1f}" if n in by_name else "-",
+            )
+        )
+        lines.append(
+            row(
+                "Meta EMQ (0-10)",
+                lambda n: (
+                    "-"
+                    if scores.get(n, {}).get("composite_score") is None
+                    else f"{scores[n]['composite_score']:.1f}"
+                ),
+            )
+        )
+        lines.append(
+            row(
+                "Meta event coverage",
+                lambda n: (
+                    "-"
+                    if scores.get(n, {}).get("event_coverage") is None
+                    else f"{scores[n]['event_coverage']:g}%"
+                ),
+            )
+        )
+        lines.append("")
+        lines.append(
+            "* our estimate from the keys sent (email 3, phone 2, fbc 1.5, external_id 1,"
+            " fbp 1, IP+user agent 1, name/address 0.5); not Meta's score."
+        )
+    meta = report.get("meta")
+    if meta is None:
+        lines.append("Meta's scores: not read yet (the worker reads them daily).")
+    elif meta["outcome"] != "ok":
+        lines.append(
+            f"Meta's scores: {meta['outcome'].replace('_', ' ')} at {meta['checked_at']}: {meta['detail']}"
+        )
+    else:
+        lines.append(f"Meta's scores: read at {meta['checked_at']}.")
+    if report.get("warnings"):
+        lines += ["", "Warnings:"]
+        lines += [f"  ! {w['event_name']}: {w['message']}" for w in report["warnings"]]
+    if report.get("improvements"):
+        lines += ["", "To improve:"]
+        lines += [f"  {i}. {tip}" for i, tip in enumerate(report["improvements"], 1)]
+    return "\n".join(lines)

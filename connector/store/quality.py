@@ -348,3 +348,65 @@ def active_warnings(session: Session, connection_id: str) -> list[dict[str, Any]
             .order_by(QualityWarning.raised_at, QualityWarning.id)
         )
     ]
+
+
+# -- one connection's report (the CLI and a dashboard) ---------------------------------------
+
+
+def report(
+    session: Session, connection_id: str, *, since: date, until: date
+) -> dict[str, Any]:
+    """A JSON-safe picture of one connection's match quality over ``since``..``until``.
+
+    ``{"connection": {id, platform, store, pixel_id}, "period": {since, until},
+    "events": [{event_name, events_sent, coverage: {key: 0-1}, our_estimate}],
+    "meta": {checked_at, outcome, detail, scores: [{event_name, composite_score,
+    event_coverage, match_key_coverage, fetched_at}]} | None, "warnings": [...],
+    "improvements": [...]}``. Coverage shares are fractions of the events sent.
+    """
+    conn = session.get(Connection, connection_id)
+    if conn is None:
+        raise ValueError(f"no connection {connection_id}")
+    totals = coverage_by_event(session, connection_id, since=since, until=until)
+    check = last_meta_check(session, connection_id)
+    if check is not None and check.pixel_id != conn.pixel_id:
+        check = None  # read for the pixel before; the new one is not read yet
+    return {
+        "connection": {
+            "id": conn.id,
+            "platform": conn.platform,
+            "store": conn.store,
+            "pixel_id": conn.pixel_id,
+        },
+        "period": {"since": since.isoformat(), "until": until.isoformat()},
+        "events": [
+            {
+                "event_name": c.event_name,
+                "events_sent": c.events_sent,
+                "coverage": {k: round(c.share(k), 4) for k in quality.MATCH_KEYS},
+                "our_estimate": c.average_estimate,
+            }
+            for c in totals
+        ],
+        "meta": None
+        if check is None
+        else {
+            "checked_at": check.checked_at.isoformat(),
+            "outcome": check.outcome,
+            "detail": check.detail,
+            "scores": [
+                {
+                    "event_name": s.event_name,
+                    "composite_score": s.composite_score,
+                    "event_coverage": s.event_coverage,
+                    "match_key_coverage": s.match_key_coverage,
+                    "fetched_at": s.fetched_at.isoformat(),
+                }
+                for s in latest_meta_scores(session, connection_id)
+            ],
+        },
+        "warnings": active_warnings(session, connection_id),
+        "improvements": top_improvements(
+            session, connection_id, since=since, until=until
+        ),
+    }
