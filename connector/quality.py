@@ -485,10 +485,10 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines.append("Meta's scores: not read yet (the worker reads them daily).")
     elif meta["outcome"] != "ok":
         lines.append(
-            f"Meta's scores: {meta['outcome'].replace('_', ' ')} at {meta['checked_at']}: {meta['detail']}"
+            f"Meta's scores: {meta['outcome'].replace('_', ' ')} at {_when(meta['checked_at'])}: {meta['detail']}"
         )
     else:
-        lines.append(f"Meta's scores: read at {meta['checked_at']}.")
+        lines.append(f"Meta's scores: read at {_when(meta['checked_at'])}.")
     if report.get("warnings"):
         lines += ["", "Warnings:"]
         lines += [f"  ! {w['event_name']}: {w['message']}" for w in report["warnings"]]
@@ -496,3 +496,8 @@ def render_report(report: Mapping[str, Any]) -> str:
         lines += ["", "To improve:"]
         lines += [f"  {i}. {tip}" for i, tip in enumerate(report["improvements"], 1)]
     return "\n".join(lines)
+
+
+def _when(iso: str) -> str:
+    """``2026-11-30T02:16:21.62+00:00`` as ``2026-11-30 02:16 UTC``."""
+    return f"{iso[:10]} {iso[11:16]} UTC" if len(iso) >= 16 else iso
