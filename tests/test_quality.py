@@ -397,3 +397,48 @@ def test_the_quality_jobs_are_registered_with_the_worker() -> None:
     """The worker runs the Dataset Quality read and the coverage recount as periodic jobs."""
     names = {job.name for job in dispatcher.collect_periodic_jobs()}
     assert {"meta-dataset-quality", "match-coverage-recount"} <= names
+
+
+def test_recount_is_idempotent_and_forgets_deleted_events(runtime: Runtime) -> None:
+    """Recounting twice changes nothing; events deleted by a privacy request leave the counts."""
+    conn_id = add_connection(runtime, "shopify", "forget.myshopify.com", "1006")
+    now = datetime(2026, 7, 2, 12, 0, tzinfo=UTC)
+    mask = quality.bit("em") | quality.bit("fbp")
+    with runtime.sessions.begin() as session:
+        for i, sent_at in enumerate((now, now, now - timedelta(days=1))):
+            session.add(
+                Event(
+                    connection_id=conn_id,
+                    event_name="Purchase",
+                    event_id=f"f{i}",
+                    event_time=sent_at - timedelta(minutes=5),
+                    payload={"user_data": {"em": ["a" * 64], "fbp": "fb.1.1.1"}},
+                    status=EventStatus.SENT,
+                    sent_at=sent_at,
+                    # the oldest row predates match_keys: its payload is read instead
+                    match_keys=None if i == 2 else mask,
+                )
+            )
+    for _ in range(2):
+        with runtime.sessions.begin() as session:
+            store.refresh_coverage(
+                session, since=now.date() - timedelta(days=1), until=now.date(), now=now
+            )
+    with runtime.sessions() as session:
+        days = store.coverage_by_day(
+            session, conn_id, since=now.date() - timedelta(days=1), until=now.date()
+        )
+    assert [("2026-07-01", 1), ("2026-07-02", 2)] == [
+        (c.day, c.events_sent) for c in days
+    ]
+    assert [1, 2] == [c.key_counts["fbp"] for c in days]
+    assert [0, 0] == [c.key_counts["ph"] for c in days]
+    with runtime.sessions.begin() as session:
+        queries.redact_store(session, conn_id)
+        store.refresh_coverage(
+            session, since=now.date() - timedelta(days=1), until=now.date(), now=now
+        )
+    with runtime.sessions() as session:
+        assert [] == store.coverage_by_day(
+            session, conn_id, since=now.date() - timedelta(days=1), until=now.date()
+        )

@@ -10,9 +10,10 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector import quality
@@ -79,24 +80,53 @@ def refresh_coverage(
             masks[chunk[event_id]].append(
                 quality.key_mask((payload or {}).get("user_data") or {})
             )
-    stale = delete(MatchCoverageDaily).where(
-        MatchCoverageDaily.day >= since, MatchCoverageDaily.day <= until
-    )
-    if connection_id is not None:
-        stale = stale.where(MatchCoverageDaily.connection_id == connection_id)
-    session.execute(stale)
+    table = cast(Table, MatchCoverageDaily.__table__)
+    dialect = session.get_bind().dialect.name
+    insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     for (conn_id, day, name), values in masks.items():
         events, counts, tenths = quality.aggregate(values)
-        session.add(
-            MatchCoverageDaily(
-                connection_id=conn_id,
-                day=day,
-                event_name=name,
-                events_sent=events,
-                key_counts=counts,
-                estimate_tenths=tenths,
-                updated_at=now,
+        fields = {
+            "connection_id": conn_id,
+            "day": day,
+            "event_name": name,
+            "events_sent": events,
+            "key_counts": counts,
+            "estimate_tenths": tenths,
+            "updated_at": now,
+        }
+        # An upsert: the worker's recount and `connector quality` may run at the same time.
+        stmt = insert(table).values(fields)
+        session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["connection_id", "day", "event_name"],
+                set_={
+                    k: getattr(stmt.excluded, k)
+                    for k in (
+                        "events_sent",
+                        "key_counts",
+                        "estimate_tenths",
+                        "updated_at",
+                    )
+                },
             )
+        )
+    # Days and names with no sent event left (a privacy request deleted them) go.
+    stale = select(
+        MatchCoverageDaily.id,
+        MatchCoverageDaily.connection_id,
+        MatchCoverageDaily.day,
+        MatchCoverageDaily.event_name,
+    ).where(MatchCoverageDaily.day >= since, MatchCoverageDaily.day <= until)
+    if connection_id is not None:
+        stale = stale.where(MatchCoverageDaily.connection_id == connection_id)
+    gone = [
+        r.id
+        for r in session.execute(stale)
+        if (r.connection_id, r.day, r.event_name) not in masks
+    ]
+    if gone:
+        session.execute(
+            delete(MatchCoverageDaily).where(MatchCoverageDaily.id.in_(gone))
         )
     session.flush()
     return len(masks)
