@@ -66,12 +66,13 @@ def bit(key: str) -> int:
 # -- our estimate ------------------------------------------------------------------------
 
 #: Points per key group, out of 10. OUR ESTIMATE, not Meta's score. The order follows Meta's
-#: own guidance on which customer information matters most for matching: the Conversions API
-#: best practices ("send ... email, phone number, external ID, click ID (fbc) and browser ID
-#: (fbp), plus IP address and user agent"),
-#: https://developers.facebook.com/docs/marketing-api/conversions-api/best-practices , and the
-#: Dataset Quality API's per-key "additional conversions reported" figures, where a valid email
-#: shows the largest increase,
+#: own guidance on which customer information matters most for matching: the recommended
+#: parameters of the Conversions API best practices (contact information such as email and
+#: phone, external ID, the fbc click ID and fbp browser ID, and IP address with user agent;
+#: a user agent counts toward matching only together with an IP address),
+#: https://developers.facebook.com/docs/marketing-api/conversions-api/best-practices#req-rec-params ,
+#: and the Dataset Quality API's per-key "additional conversions reported" figures, where a
+#: valid email shows the largest increase,
 #: https://developers.facebook.com/docs/marketing-api/conversions-api/dataset-quality-api .
 #: The weights themselves are ours: a reading of that order, not a formula Meta publishes.
 ESTIMATE_WEIGHTS: Final[tuple[tuple[str, tuple[str, ...], float], ...]] = (
