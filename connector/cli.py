@@ -870,3 +870,57 @@ def backfill(
     if dry_run:
         summary = summary.replace("enqueued", "would enqueue", 1)
     click.echo(f"{prefix}{summary}")
+
+
+# -- quality ----------------------------------------------------------------------------
+
+
+@cli.command("quality")
+@click.option(
+    "--connection",
+    "connection_id",
+    default=None,
+    help="One connection's id (default: every connection).",
+)
+@click.option(
+    "--days",
+    type=click.IntRange(1, 90),
+    default=7,
+    show_default=True,
+    help="UTC days to cover, today included.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def quality_command(
+    ctx: click.Context, connection_id: str | None, days: int, as_json: bool
+) -> None:
+    """Match-key coverage per event name, our strength estimate and Meta's latest scores."""
+    from datetime import timedelta
+
+    from connector.quality import render_report
+    from connector.store import quality as quality_store
+
+    runtime = _runtime(ctx)
+    now = datetime.now(UTC)
+    until = now.date()
+    since = until - timedelta(days=days - 1)
+    with runtime.sessions.begin() as session:
+        if connection_id is not None:
+            queries.get_connection(session, connection_id)  # NotFoundError: exit 1
+            ids = [connection_id]
+        else:
+            ids = [c.id for c in queries.list_connections(session)]
+        # Recount the period from the outbox, so the table is current without the worker.
+        quality_store.refresh_coverage(
+            session, since=since, until=until, now=now, connection_id=connection_id
+        )
+        reports = [
+            quality_store.report(session, cid, since=since, until=until) for cid in ids
+        ]
+    if as_json:
+        click.echo(json.dumps({"connections": reports}, indent=2))
+        return
+    if not reports:
+        click.echo("No connections.")
+        return
+    click.echo("\n\n".join(render_report(r) for r in reports))

@@ -92,7 +92,7 @@ def collect_periodic_jobs(
     sweep_interval: float | None = None,
 ) -> list[PeriodicJob]:
     """Every platform's periodic jobs, Meta's token check, and the order sweep."""
-    from connector import retention, sweep
+    from connector import dataset_quality, retention, sweep
 
     jobs: list[PeriodicJob] = []
     try:
@@ -108,6 +108,7 @@ def collect_periodic_jobs(
             log.exception("platform %s could not list its periodic jobs", name)
     try:
         jobs.extend(meta_oauth.periodic_jobs())
+        jobs.extend(dataset_quality.periodic_jobs())
     except Exception:
         log.exception("Meta's periodic jobs could not be listed")
     jobs.extend(sweep.periodic_jobs(sweep_interval or sweep.DEFAULT_INTERVAL_SECONDS))

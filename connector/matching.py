@@ -13,6 +13,7 @@ import ipaddress
 import re
 import unicodedata
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -22,6 +23,7 @@ import phonenumbers
 from connector.events import HASHED_KEYS, PLAIN_KEYS, UserData
 
 __all__ = [
+    "FromAddress",
     "build_fbc",
     "fbclid_from_url",
     "hash_value",
@@ -30,6 +32,7 @@ __all__ = [
     "normalize_user_data",
     "strip_elongation",
     "user_data",
+    "violations",
 ]
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
@@ -647,12 +650,28 @@ def _phone(value: str, country: str | None) -> str | None:
 
 # --- email, gender, date of birth ---------------------------------------------------
 
-_EMAIL: Final = re.compile(r"[^\s@]+@[^\s@.]+(\.[^\s@.]+)+")
+#: The local part: dot-separated runs of RFC 5322 "atext" (letters of any script allowed,
+#: as Meta hashes UTF-8). Meta's Business SDKs test the same "RFC 2822 approximation".
+_EMAIL_LOCAL: Final = re.compile(r"[\w!#$%&'*+/=?^`{|}~-]+(\.[\w!#$%&'*+/=?^`{|}~-]+)*")
+#: A domain label: letters (IDN) or digits, hyphens only inside, at most 63 characters.
+_EMAIL_LABEL: Final = re.compile(r"[^\W_](?:[\w-]{0,61}[^\W_])?")
 
 
 def _email(value: str) -> str | None:
     text = unicodedata.normalize("NFC", value.strip().lower())
-    if len(text) > 254 or _EMAIL.fullmatch(text) is None:
+    if len(text) > 254 or text.count("@") != 1:
+        return None
+    local, _, domain = text.partition("@")
+    labels = domain.split(".")
+    if (
+        len(local) > 64
+        or _EMAIL_LOCAL.fullmatch(local) is None
+        or len(labels) < 2
+        or not all(_EMAIL_LABEL.fullmatch(label) for label in labels)
+        or "_" in domain
+        # A top-level domain is never all digits ("a@1.2" is an address, not a mailbox).
+        or labels[-1].isdigit()
+    ):
         return None
     return text
 
@@ -756,7 +775,10 @@ def _ip(value: str) -> str | None:
         address = ipaddress.ip_address(text)
     except ValueError:
         return None
-    if address.is_unspecified or address.is_multicast:
+    # Only a public address can be the shopper's browser: loopback, private (RFC 1918),
+    # carrier-grade NAT, link-local and documentation ranges are a store's proxy, a
+    # container network or a placeholder, and would match the event to nobody.
+    if not address.is_global or address.is_multicast:
         return None
     return str(address)
 
@@ -765,14 +787,22 @@ def _text(value: str) -> str | None:
     return value.strip() or None
 
 
-_COOKIE: Final = re.compile(r"fb\.\d+\.\d+\.\S+")
+#: ``fb.<subdomain index>.<creation time, ms>.<payload>[.<appendix>]``: Meta's fbc/fbp
+#: format; the appendix is what Meta's capi-param-builder adds: a 2-character language
+#: token (legacy) or 8 base64url characters. The fbp payload is a random integer.
+_FBC: Final = re.compile(
+    r"fb\.[0-9]\.[0-9]{1,13}\.[A-Za-z0-9_-]+(\.(AQ|Ag|Aw|BA|BQ|Bg|[A-Za-z0-9_-]{8}))?"
+)
+_FBP: Final = re.compile(
+    r"fb\.[0-9]\.[0-9]{1,13}\.[0-9]{1,20}(\.(AQ|Ag|Aw|BA|BQ|Bg|[A-Za-z0-9_-]{8}))?"
+)
 
 
-def _cookie(value: str) -> str | None:
+def _cookie(value: str, shape: re.Pattern[str]) -> str | None:
     # An _fbc/_fbp value goes to Meta exactly as the browser stored it: never rebuilt,
     # never lower-cased (the fbclid inside it is case-sensitive).
     text = value.strip()
-    return text if _COOKIE.fullmatch(text) else None
+    return text if shape.fullmatch(text) else None
 
 
 def _external_id(value: str) -> str | None:
@@ -799,8 +829,8 @@ _NORMALIZERS: Final[dict[str, _Normalizer]] = {
     "external_id": lambda v, c: _external_id(v),
     "client_ip_address": lambda v, c: _ip(v),
     "client_user_agent": lambda v, c: _text(v),
-    "fbc": lambda v, c: _cookie(v),
-    "fbp": lambda v, c: _cookie(v),
+    "fbc": lambda v, c: _cookie(v, _FBC),
+    "fbp": lambda v, c: _cookie(v, _FBP),
 }
 
 
@@ -825,12 +855,33 @@ def normalize(field: str, value: str, *, country: str | None = None) -> str | No
 _COUNTRY_DEPENDENT: Final = frozenset({"ph", "st", "zp"})
 
 
-def _values(key: str, raw: Any) -> list[str]:
+@dataclass(frozen=True)
+class FromAddress:
+    """A raw value read from a postal address, with that address's country as recorded.
+
+    A phone, state or postcode means something only in its own country: an order may
+    bill to Germany and ship to the United States, and the shipping phone
+    ``(212) 555-0147`` is a New York number, not a German or Moroccan one. Adapters
+    wrap such values so :func:`normalize_user_data` reads each with its own country;
+    ``country`` may be a code or a name as the store recorded it, or None.
+    """
+
+    value: str | int | None
+    country: str | None = None
+
+
+def _values(key: str, raw: Any) -> list[tuple[str, str | None]]:
+    """Each value as ``(text, country recorded with it or None)``."""
     if raw is None:
         return []
     items = list(raw) if isinstance(raw, list | tuple) else [raw]
-    rv = []
+    rv: list[tuple[str, str | None]] = []
     for item in items:
+        context: str | None = None
+        if isinstance(item, FromAddress):
+            if not (item.country is None or isinstance(item.country, str)):
+                raise TypeError(f"user_data[{key!r}] country must be a string")
+            context, item = item.country, item.value
         if item is None:
             continue
         if isinstance(item, bool) or not isinstance(item, str | int):
@@ -838,7 +889,7 @@ def _values(key: str, raw: Any) -> list[str]:
                 f"user_data[{key!r}] takes strings, not {type(item).__name__}"
             )
         # Platforms send numeric customer ids as JSON numbers.
-        rv.append(str(item))
+        rv.append((str(item), context))
     return rv
 
 
@@ -847,7 +898,13 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
 
     Hashed keys become lists of distinct lowercase SHA-256 digests in input order,
     plain keys the first valid string; empty and invalid values are dropped. Each
-    value is a string, a number (ids), None, or a list or tuple of those.
+    value is a string, a number (ids), None, a :class:`FromAddress`, or a list or tuple
+    of those. A :class:`FromAddress` with a known country is read with that country's
+    rules alone; other phones, states and postcodes with the ``country`` values in turn.
+    ``client_ip_address`` takes the first public address: a private, loopback or
+    reserved one is a proxy's, never the shopper's. Rules: Meta's customer information
+    parameters,
+    https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters
 
     Raises:
         ValueError: a key that is not one of Meta's ``user_data`` keys.
@@ -857,20 +914,21 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"not user_data keys: {sorted(unknown)!r}")
     values = {key: _values(key, raw[key]) for key in raw}
-    # The first valid country is the default region for phones and the rulebook for
-    # zp and st. An order may ship to another country than it bills, and the values are
-    # not paired with their address: what the first country's rules refuse is read by
-    # the next country's.
+    # Values not tied to an address (an order's own phone) are read with the order's
+    # countries in turn, the first (billing) first: what its rules refuse, the next reads.
     countries: list[str | None] = []
-    for code in map(_country, values.get("country", ())):
+    for code in (_country(v) for v, _ in values.get("country", ())):
         if code is not None and code not in countries:
             countries.append(code)
     country = countries[0] if countries else None
     rv: dict[str, Any] = {}
     for key in HASHED_KEYS:
         digests: list[str] = []
-        for value in values.get(key, ()):
-            if key in _COUNTRY_DEPENDENT:
+        for value, context in values.get(key, ()):
+            own = _country(context) if context else None
+            if key in _COUNTRY_DEPENDENT and own is not None:
+                normalized = normalize(key, value, country=own)
+            elif key in _COUNTRY_DEPENDENT:
                 normalized = next(
                     filter(
                         None,
@@ -888,7 +946,7 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
         if digests:
             rv[key] = digests
     for key in PLAIN_KEYS:
-        for value in values.get(key, ()):
+        for value, _ in values.get(key, ()):
             normalized = normalize(key, value, country=country)
             if normalized is not None:
                 rv[key] = normalized
@@ -899,6 +957,34 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
 def user_data(raw: Mapping[str, Any]) -> UserData:
     """The canonical :class:`UserData` for raw values keyed by Meta's names."""
     return UserData.from_meta(normalize_user_data(raw))
+
+
+def violations(data: Mapping[str, Any]) -> list[str]:
+    """Every way a ``user_data`` object breaks this module's rules; empty when it keeps them.
+
+    Hashed keys must be non-empty lists of distinct lowercase SHA-256 digests; plain keys
+    strings this module would send unchanged (a public IP, a well-shaped fbc/fbp, a
+    trimmed user agent). Unknown keys are violations too. For checks and tests.
+    """
+    rv: list[str] = []
+    for key, value in data.items():
+        if key in HASHED_KEYS:
+            if not isinstance(value, list) or not value:
+                rv.append(f"{key}: not a non-empty list")
+                continue
+            if len(set(value)) != len(value):
+                rv.append(f"{key}: repeated digests")
+            for digest in value:
+                if not isinstance(digest, str) or not (
+                    is_hashed(digest) and digest == digest.lower()
+                ):
+                    rv.append(f"{key}: not a lowercase SHA-256 digest")
+        elif key in PLAIN_KEYS:
+            if not isinstance(value, str) or normalize(key, value) != value:
+                rv.append(f"{key}: not a value Meta accepts as is")
+        else:
+            rv.append(f"{key}: not a user_data key")
+    return rv
 
 
 def build_fbc(fbclid: str, created_at: datetime) -> str:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from connector.events import HASHED_KEYS, PLAIN_KEYS, UserData
 from connector.matching import (
+    FromAddress,
     build_fbc,
     fbclid_from_url,
     hash_value,
@@ -21,6 +22,7 @@ from connector.matching import (
     normalize,
     normalize_user_data,
     user_data,
+    violations,
 )
 
 ALL_KEYS = (*HASHED_KEYS, *PLAIN_KEYS)
@@ -146,6 +148,15 @@ def test_meta_page_normalized_forms(field: str, raw: str, normalized: str) -> No
         pytest.param("per son@example.com", None, id="inner-space"),
         pytest.param("a@b@example.com", None, id="two-ats"),
         pytest.param("person@example..com", None, id="empty-label"),
+        pytest.param(".person@example.com", None, id="local-starts-with-dot"),
+        pytest.param("per..son@example.com", None, id="local-double-dot"),
+        pytest.param("person@-example.com", None, id="label-starts-with-hyphen"),
+        pytest.param("person@example-.com", None, id="label-ends-with-hyphen"),
+        pytest.param("person@exa_mple.com", None, id="underscore-in-domain"),
+        pytest.param("person@1.2", None, id="numeric-tld"),
+        pytest.param("person<x>@example.com", None, id="angle-brackets"),
+        pytest.param("person@example.com.", None, id="trailing-dot"),
+        pytest.param("a" * 65 + "@example.com", None, id="local-part-over-64"),
         pytest.param("   ", None, id="blank"),
     ],
 )
@@ -512,18 +523,33 @@ def test_external_id(raw: str, expected: str | None) -> None:
     [
         pytest.param(" 168.212.226.204 ", "168.212.226.204", id="ipv4-meta-example"),
         pytest.param(
-            "2001:0db8:85a3:0000:0000:8a2e:0370:7334",
-            "2001:db8:85a3::8a2e:370:7334",
-            id="ipv6-meta-example",
+            "2A03:2880:F12F:0083:FACE:B00C:0000:25DE",
+            "2a03:2880:f12f:83:face:b00c:0:25de",
+            id="ipv6-compressed",
         ),
-        pytest.param("[2001:db8::1]", "2001:db8::1", id="ipv6-bracketed"),
+        pytest.param("[2a03:2880::1]", "2a03:2880::1", id="ipv6-bracketed"),
+        # Meta's own IPv6 example sits in the documentation prefix: never a shopper.
+        pytest.param("2001:0db8:85a3:0000:0000:8a2e:0370:7334", None, id="ipv6-doc"),
         pytest.param("999.1.1.1", None, id="ipv4-out-of-range"),
         pytest.param("0.0.0.0", None, id="unspecified"),  # noqa: S104 (an address, not a bind)
         pytest.param("not an ip", None, id="garbage"),
+        # A store behind a proxy records the proxy's address, never the browser's.
+        pytest.param("127.0.0.1", None, id="loopback"),
+        pytest.param("10.0.0.5", None, id="rfc1918-10"),
+        pytest.param("172.17.0.1", None, id="docker-bridge"),
+        pytest.param("192.168.1.20", None, id="rfc1918-192"),
+        pytest.param("::1", None, id="ipv6-loopback"),
+        pytest.param("100.64.0.1", None, id="carrier-grade-nat"),
+        pytest.param("169.254.10.1", None, id="link-local"),
+        pytest.param("fd00::1", None, id="ipv6-unique-local"),
+        pytest.param("fe80::1", None, id="ipv6-link-local"),
+        pytest.param("203.0.113.9", None, id="documentation-range"),
+        pytest.param("224.0.0.1", None, id="multicast"),
+        pytest.param("::ffff:10.0.0.1", None, id="ipv4-mapped-private"),
     ],
 )
 def test_client_ip_address(raw: str, expected: str | None) -> None:
-    """IP addresses must be valid IPv4 or IPv6; IPv6 is kept, never reduced to IPv4."""
+    """Only a valid public IPv4 or IPv6 address is sent; IPv6 is kept, never reduced to IPv4."""
     assert expected == normalize("client_ip_address", raw)
 
 
@@ -549,6 +575,29 @@ def test_client_ip_address(raw: str, expected: str | None) -> None:
             id="fbp",
         ),
         pytest.param("fbc", "AbCdEf", None, id="bare-fbclid-is-not-fbc"),
+        pytest.param(
+            "fbc",
+            "fb.1.1554763741205.AbC.Ag",
+            "fb.1.1554763741205.AbC.Ag",
+            id="fbc-legacy-appendix",
+        ),
+        pytest.param(
+            "fbc", "fb.1.1554763741205.AbC.Zz", None, id="fbc-unknown-appendix"
+        ),
+        pytest.param("fbc", "fb.1.1554763741205.AbC.x.y", None, id="fbc-six-parts"),
+        pytest.param("fbc", "fb.1.1554763741205.", None, id="fbc-empty-click-id"),
+        pytest.param("fbc", "fb.1.now.AbC", None, id="fbc-time-not-digits"),
+        pytest.param("fbc", "fb.12.1554763741205.AbC", None, id="fbc-subdomain-index"),
+        pytest.param("fbc", "fb.1.1554763741205.Ab C", None, id="fbc-inner-space"),
+        pytest.param(
+            "fbp", "fb.1.1596403881668.abc", None, id="fbp-payload-not-digits"
+        ),
+        pytest.param(
+            "fbp",
+            "fb.2.1596403881668.1116446470.AQABAQIA",
+            "fb.2.1596403881668.1116446470.AQABAQIA",
+            id="fbp-param-builder-appendix",
+        ),
         pytest.param("fbp", "", None, id="empty"),
         pytest.param(
             "client_user_agent",
@@ -614,7 +663,12 @@ def test_user_data_object_shape() -> None:
             "country": ["Atlantis", "gb"],
             "zp": "M1 1AE",
             "external_id": 42,
-            "client_ip_address": ["bogus", "2001:db8::1", "203.0.113.9"],
+            "client_ip_address": [
+                "bogus",
+                "10.0.0.5",
+                "2a03:2880::1",
+                "168.212.226.204",
+            ],
             "client_user_agent": "Mozilla/5.0",
             "fbc": "fb.1.1554763741205.AbC",
             "fbp": None,
@@ -628,7 +682,7 @@ def test_user_data_object_shape() -> None:
         "country": [sha256("gb")],
         "zp": [sha256("m11ae")],
         "external_id": [sha256("42")],
-        "client_ip_address": "2001:db8::1",
+        "client_ip_address": "2a03:2880::1",
         "client_user_agent": "Mozilla/5.0",
         "fbc": "fb.1.1554763741205.AbC",
     } == rv
@@ -648,6 +702,72 @@ def test_billing_and_shipping_in_different_countries() -> None:
     assert [sha256("ca"), sha256("on")] == rv["st"]
     assert [sha256("94035"), sha256("k1a0b1")] == rv["zp"]
     assert [sha256("16505551212"), sha256("14165550199")] == rv["ph"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(
+            {"country": ["DE", "US"], "ph": [FromAddress("(212) 555-0147", "US")]},
+            "12125550147",
+            id="shipping-us-billing-de",
+        ),
+        pytest.param(
+            {"country": ["GB", "FR"], "ph": [FromAddress("06 12 34 56 78", "FR")]},
+            "33612345678",
+            id="shipping-fr-billing-gb",
+        ),
+        pytest.param(
+            {"country": ["GB"], "ph": [FromAddress("06 12 34 56 78", "France")]},
+            "33612345678",
+            id="country-as-a-name",
+        ),
+        pytest.param(
+            {"country": ["US"], "ph": [FromAddress("(212) 555-0147", "Atlantis")]},
+            "12125550147",
+            id="unknown-own-country-falls-back-to-the-order",
+        ),
+        pytest.param(
+            {"country": ["US"], "ph": [FromAddress("+33 6 12 34 56 78", "US")]},
+            "33612345678",
+            id="own-code-wins",
+        ),
+    ],
+)
+def test_a_value_from_an_address_is_read_in_its_country(
+    raw: dict[str, Any], expected: str
+) -> None:
+    """A phone handed with its address's country is read with that country, not the order's first."""
+    assert [sha256(expected)] == normalize_user_data(raw)["ph"]
+
+
+def test_state_and_postcode_from_an_address_follow_its_country() -> None:
+    """A Canadian shipping province and postcode are read with Canada's rules on a US order."""
+    rv = normalize_user_data(
+        {
+            "country": ["US", "CA"],
+            "st": [FromAddress("Ontario", "CA")],
+            "zp": [FromAddress("K1A 0B1", "CA"), FromAddress("K1A 0B1", "US")],
+        }
+    )
+    assert [sha256("on")] == rv["st"]
+    assert [sha256("k1a0b1")] == rv["zp"]
+
+
+def test_violations_names_each_broken_rule() -> None:
+    """The core's invariants: digests, public IPs, cookie shapes, known keys."""
+    good = normalize_user_data(
+        {"em": "a@example.com", "client_ip_address": "168.212.226.204"}
+    )
+    assert [] == violations(good)
+    bad = {
+        "em": ["A" * 64],
+        "ph": [],
+        "client_ip_address": "10.0.0.5",
+        "fbc": "AbC",
+        "nope": "x",
+    }
+    assert 5 == len(violations(bad))
 
 
 def test_several_values_keep_their_order() -> None:

@@ -1,20 +1,21 @@
 """Every customer identifier a Shopify order or checkout offers, raw, in Meta's keys (pure).
 
-``connector.matching`` normalizes and hashes what this gathers. Sources, in order (the
-first country is the default region for phone numbers, so billing comes first):
+``connector.matching`` owns every rule of validity, normalization and hashing; this module
+only gathers raw values with their context. Sources, in order (billing first):
 
 | Meta key            | Shopify fields                                                        |
 |---------------------|-----------------------------------------------------------------------|
 | ``em``              | ``email``, ``contact_email``, ``customer.email``                      |
 | ``ph``              | ``phone``, ``customer.phone``, ``sms_marketing_phone``, billing,      |
-|                     | shipping and the customer's default address ``phone`` (each read with |
-|                     | its own address's ``country_code`` as the region)                     |
+|                     | shipping and the customer's default address ``phone`` (each handed on |
+|                     | with its own address's ``country_code``)                              |
 | ``fn`` / ``ln``     | billing, shipping, ``customer`` and default address first/last names |
-| ``ct``/``st``/``zp``| ``city``, ``province_code``, ``zip`` of those addresses               |
+| ``ct``/``st``/``zp``| ``city``, ``province_code``, ``zip`` of those addresses (``st`` and   |
+|                     | ``zp`` with their address's ``country_code``)                         |
 | ``country``         | ``country_code`` of those addresses                                   |
 | ``external_id``     | ``customer.id``                                                       |
 | ``client_ip_address``| ``browser_ip``, ``client_details.browser_ip`` (the shopper's, never  |
-|                     | the webhook sender's); only a public address counts                   |
+|                     | the webhook sender's); the core keeps only a public address           |
 | ``client_user_agent``| ``client_details.user_agent``                                        |
 | ``fbc``             | an ``_fbc`` note/cart attribute as it is, else built from an          |
 |                     | ``fbclid`` in ``landing_site``                                        |
@@ -26,14 +27,13 @@ arrive as null or are left out: whatever remains still makes the best event it c
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from adapters.shopify.fields import attribute, mapping, text
 from adapters.shopify.topics import shopify_id
-from connector.matching import build_fbc, fbclid_from_url, normalize
+from connector.matching import FromAddress, build_fbc, fbclid_from_url
 
 
 def raw_match_keys(resource: Mapping[str, Any], created_at: datetime) -> dict[str, Any]:
@@ -51,17 +51,17 @@ def raw_match_keys(resource: Mapping[str, Any], created_at: datetime) -> dict[st
         "fn": _unique(*(p.get("first_name") for p in people)),
         "ln": _unique(*(p.get("last_name") for p in people)),
         "ct": _unique(*(a.get("city") for a in addresses)),
-        "st": _unique(*(a.get("province_code") for a in addresses)),
-        "zp": _unique(*(a.get("zip") for a in addresses)),
+        "st": _located(addresses, "province_code"),
+        "zp": _located(addresses, "zip"),
         "country": _unique(*(a.get("country_code") for a in addresses)),
     }
     customer_id = shopify_id(customer.get("id"))
     if customer_id:
         raw["external_id"] = [customer_id]
     details = mapping(resource.get("client_details"))
-    ip = _public_ip(resource.get("browser_ip")) or _public_ip(details.get("browser_ip"))
-    if ip:
-        raw["client_ip_address"] = ip
+    ips = _unique(resource.get("browser_ip"), details.get("browser_ip"))
+    if ips:
+        raw["client_ip_address"] = ips
     agent = text(details.get("user_agent"))
     if agent:
         raw["client_user_agent"] = agent
@@ -91,36 +91,39 @@ def _emails(resource: Mapping[str, Any]) -> list[str]:
     )
 
 
-def _phones(resource: Mapping[str, Any]) -> list[str]:
+def _phones(resource: Mapping[str, Any]) -> list[str | FromAddress]:
     customer = mapping(resource.get("customer"))
-    return _unique(
-        resource.get("phone"),
-        customer.get("phone"),
-        resource.get("sms_marketing_phone"),
-        _address_phone(resource.get("billing_address")),
-        _address_phone(resource.get("shipping_address")),
-        _address_phone(customer.get("default_address")),
-    )
+    addresses = [
+        mapping(resource.get("billing_address")),
+        mapping(resource.get("shipping_address")),
+        mapping(customer.get("default_address")),
+    ]
+    located = _located(addresses, "phone")
+    # The same number on an address is handed on with that address's country instead.
+    on_addresses = {p.value for p in located}
+    own: list[str | FromAddress] = [
+        p
+        for p in _unique(
+            resource.get("phone"),
+            customer.get("phone"),
+            resource.get("sms_marketing_phone"),
+        )
+        if p not in on_addresses
+    ]
+    return own + list(located)
 
 
-def _address_phone(value: Any) -> str | None:
-    """An address's phone, read with that address's country as its region.
-
-    An order may bill to one country and ship to another; a national number on the
-    shipping address belongs to the shipping country. Left to ``connector.matching``
-    alone, it would be read with the first country of the order, and a US number would
-    pass as a valid German one. The number goes on in international form (``+`` and
-    Meta's digits), which reads the same whatever the default region.
-    """
-    address = mapping(value)
-    phone = text(address.get("phone"))
-    country = text(address.get("country_code"))
-    if phone is None or country is None:
-        return phone
-    normalized = normalize("ph", phone, country=country)
-    if normalized is not None and normalized.isascii() and normalized.isdigit():
-        return f"+{normalized}"
-    return phone
+def _located(addresses: Iterable[Mapping[str, Any]], field: str) -> list[FromAddress]:
+    """Each address's ``field`` with the address's own country, distinct, in order."""
+    rv: list[FromAddress] = []
+    for address in addresses:
+        value = text(address.get(field))
+        if value is None:
+            continue
+        located = FromAddress(value, text(address.get("country_code")))
+        if located not in rv:
+            rv.append(located)
+    return rv
 
 
 def _unique(*values: Any) -> list[str]:
@@ -136,15 +139,3 @@ def _texts(values: Iterable[Any]) -> Iterable[str]:
         found = text(value)
         if found is not None:
             yield found
-
-
-def _public_ip(value: Any) -> str | None:
-    raw = text(value)
-    if raw is None:
-        return None
-    try:
-        address = ipaddress.ip_address(raw)
-    except ValueError:
-        return None
-    # 0.0.0.0, private and loopback addresses are placeholders or proxies, not a shopper.
-    return str(address) if address.is_global else None

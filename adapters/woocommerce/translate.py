@@ -87,6 +87,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, get_args
 
+from adapters.woocommerce import match_keys
 from connector import matching
 from connector.errors import PayloadError
 from connector.events import (
@@ -451,7 +452,7 @@ def _event(
 ) -> CanonicalEvent:
     # A store clock ahead of ours must not date an event in the future: Meta refuses those.
     event_time = min(when, now) if when is not None else now
-    raw = raw_user_data(order, event_time)
+    raw = match_keys.raw_user_data(order, event_time)
     source = action_source_for(_str(order.get("created_via")), conn.settings)
     if source == "website" and not raw.get("client_user_agent"):
         source = "other"
@@ -535,64 +536,6 @@ def _contents(items: Iterable[Any], fmt: str) -> Iterable[Content]:
             subtotal = _decimal(item.get("subtotal"))
             price = subtotal / quantity if subtotal is not None else None
         yield Content(id=content_id, quantity=quantity, item_price=price)
-
-
-def raw_user_data(order: Mapping[str, Any], event_time: datetime) -> dict[str, Any]:
-    """The order's customer information under Meta's keys, raw (``connector.matching`` hashes it).
-
-    The billing country comes first in ``country``: it is the region a phone number without
-    a country code is read in.
-    """
-    billing = _mapping(order.get("billing"))
-    shipping = _mapping(order.get("shipping"))
-
-    def both(key: str) -> list[str]:
-        return _unique(_str(billing.get(key)), _str(shipping.get(key)))
-
-    raw: dict[str, Any] = {
-        "em": _unique(_str(billing.get("email"))),
-        "ph": both("phone"),
-        "fn": both("first_name"),
-        "ln": both("last_name"),
-        "ct": both("city"),
-        "st": both("state"),
-        "zp": both("postcode"),
-        "country": both("country"),
-    }
-    customer_id = _int(order.get("customer_id"))
-    if customer_id and customer_id > 0:
-        raw["external_id"] = [str(customer_id)]
-    ip = _str(order.get("customer_ip_address"))
-    agent = _str(order.get("customer_user_agent")) or _str(
-        meta_value(order, "_wc_order_attribution_user_agent")
-    )
-    fbp = _str(meta_value(order, "_fbp"))
-    fbc = _str(meta_value(order, "_fbc")) or _fbc_from_attribution(order, event_time)
-    for key, value in (
-        ("client_ip_address", ip),
-        ("client_user_agent", agent),
-        ("fbp", fbp),
-        ("fbc", fbc),
-    ):
-        if value:
-            raw[key] = value
-    return {k: v for k, v in raw.items() if v}
-
-
-def _fbc_from_attribution(order: Mapping[str, Any], event_time: datetime) -> str | None:
-    # WooCommerce's order attribution records the landing page; an ad click leaves its fbclid there.
-    entry = _str(meta_value(order, "_wc_order_attribution_session_entry"))
-    if entry is None:
-        return None
-    fbclid = matching.fbclid_from_url(entry)
-    if not fbclid:
-        return None
-    clicked = (
-        _gmt(meta_value(order, "_wc_order_attribution_session_start_time"))
-        or _gmt(order.get("date_created_gmt"))
-        or event_time
-    )
-    return matching.build_fbc(fbclid, min(clicked, event_time))
 
 
 # -- lenient readers: WooCommerce sends numbers as strings, and plugins add odd shapes --

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -204,6 +206,8 @@ class Event(Base):
     customer_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     #: when the prune removed the personal data from the payload (connector.retention)
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: the match keys the event carried, as connector.quality.key_mask (NULL before 0006)
+    match_keys: Mapped[int | None] = mapped_column(Integer)
 
 
 class OAuthState(Base):
@@ -274,3 +278,99 @@ class WebhookRepair(Base):
     action: Mapped[str] = mapped_column(String(16))
     detail: Mapped[str | None] = mapped_column(Text)
     repaired_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# -- match quality ------------------------------------------------------------------------
+
+
+class MatchCoverageDaily(Base):
+    """Per connection, UTC day (of sending) and event name: events sent and key coverage."""
+
+    __tablename__ = "match_coverage_daily"
+    __table_args__ = (
+        UniqueConstraint(
+            "connection_id",
+            "day",
+            "event_name",
+            name="uq_match_coverage_daily_connection_day_name",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    day: Mapped[date] = mapped_column(Date)
+    event_name: Mapped[str] = mapped_column(String(64))
+    events_sent: Mapped[int] = mapped_column(Integer, default=0)
+    #: {match key: events that carried it}
+    key_counts: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
+    #: sum of our per-event estimates, in tenths of a point
+    estimate_tenths: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class MetaEventScore(Base):
+    """Meta's latest Dataset Quality answer for one event name of a connection's pixel."""
+
+    __tablename__ = "meta_event_scores"
+    __table_args__ = (
+        UniqueConstraint(
+            "connection_id", "event_name", name="uq_meta_event_scores_connection_name"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    pixel_id: Mapped[str] = mapped_column(String(64))
+    event_name: Mapped[str] = mapped_column(String(64))
+    composite_score: Mapped[float | None] = mapped_column(Float)
+    event_coverage: Mapped[float | None] = mapped_column(Float)
+    #: the event's item of Meta's answer, as it came (match keys, dedup feedback)
+    answer: Mapped[dict[str, Any]] = mapped_column(JsonDict, default=dict)
+    fetched_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class MetaQualityCheck(Base):
+    """The last daily Dataset Quality read of a connection: when, and what came of it."""
+
+    __tablename__ = "meta_quality_checks"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    pixel_id: Mapped[str | None] = mapped_column(String(64))
+    #: 16 hex digits of the SHA-256 of the token used: a new token is asked at once
+    token_digest: Mapped[str | None] = mapped_column(String(16))
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: "ok", "no_access" (token or pixel without access: waits for a new token or pixel),
+    #: or "error" (Meta unreachable or failing: tried again the next day)
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class QualityWarning(Base):
+    """A connection-level warning a dashboard shows, with what to change."""
+
+    __tablename__ = "quality_warnings"
+    __table_args__ = (
+        UniqueConstraint(
+            "connection_id",
+            "kind",
+            "event_name",
+            name="uq_quality_warnings_connection_kind_name",
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    event_name: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: set when Meta's feedback no longer shows the problem; the row stays for history
+    cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from connector.errors import NotFoundError, OAuthStateError
 from connector.events import INITIATE_CHECKOUT, CanonicalEvent
+from connector.quality import key_mask
 from connector.store.models import (
     Connection,
     ConnectionStatus,
@@ -117,11 +118,13 @@ _RECORD_DELIVERY_PG = text(
         RETURNING id
     ), e AS (
         INSERT INTO events (connection_id, event_name, event_id, event_time, payload, status,
-            attempts, send_count, next_attempt_at, created_at, order_ref, customer_ref)
+            attempts, send_count, next_attempt_at, created_at, order_ref, customer_ref,
+            match_keys)
         SELECT :connection_id, x.event_name, x.event_id, x.event_time, x.payload, 'pending',
-            0, 0, :received_at, :received_at, x.order_ref, x.customer_ref
+            0, 0, :received_at, :received_at, x.order_ref, x.customer_ref, x.match_keys
         FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS x(event_name text, event_id text,
-            event_time timestamptz, payload json, order_ref text, customer_ref text)
+            event_time timestamptz, payload json, order_ref text, customer_ref text,
+            match_keys integer)
         WHERE EXISTS (SELECT 1 FROM r)
         ON CONFLICT DO NOTHING
         RETURNING event_name, event_id
@@ -201,6 +204,7 @@ def _record_delivery_pg(
                         "payload": ev.to_meta(),
                         "order_ref": ev.order_ref,
                         "customer_ref": ev.customer_ref,
+                        "match_keys": key_mask(ev.user_data),
                     }
                     for ev in events
                 ]
@@ -302,6 +306,7 @@ def record_delivery(
             "created_at": now,
             "order_ref": ev.order_ref,
             "customer_ref": ev.customer_ref,
+            "match_keys": key_mask(ev.user_data),
         }
         for ev in events
     ]

@@ -1,7 +1,7 @@
 """retention: events.pruned_at, and the indexes the daily prune reads
 
 Revision ID: 0007
-Revises: 0002
+Revises: 0006
 Create Date: 2026-11-30 02:30:00
 
 Safe while the previous release still runs: the new column is nullable with no default (a
@@ -17,7 +17,7 @@ from alembic import op
 import connector.store.types
 
 revision = "0007"
-down_revision = "0002"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
