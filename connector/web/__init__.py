@@ -34,7 +34,7 @@ def create_app(
     app.extensions["connector"] = runtime
     _configure_logging()
 
-    from connector.web import admin, errors, health, webhooks
+    from connector.web import admin, dashboard, errors, health, webhooks
     from connector.web import meta as meta_routes
 
     errors.init_app(app)
@@ -50,6 +50,7 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(meta_routes.bp)
     for adapter in registry.adapters().values():
         bp = adapter.blueprint()
