@@ -50,12 +50,8 @@ from connector.web import get_runtime
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint(
-    "dashboard",
-    __name__,
-    static_folder="static",
-    static_url_path="/admin/static",
-)
+#: pages only: the stylesheet and the copy button's script are the app's /static files
+bp = Blueprint("dashboard", __name__)
 
 #: Shopify's scripts for an embedded app, loaded from Shopify's CDN as Shopify requires
 #: (https://shopify.dev/docs/api/app-bridge-library, https://shopify.dev/docs/api/app-home)
@@ -230,8 +226,10 @@ def meta_connect_url(viewer: Viewer, conn: Connection, now: datetime) -> str | N
         meta_oauth.require_app(get_runtime().settings)
     except ConfigError:
         return None
-    token = sign_admin_link(get_runtime().settings.secret_key, conn.id, now)
-    return f"/meta/connect?{urlencode({'connection': conn.id, 'token': token})}"
+    settings = get_runtime().settings
+    token = sign_admin_link(settings.secret_key, conn.id, now)
+    # Absolute: from the Shopify admin's iframe it opens at the top (target=_top).
+    return f"{settings.app_url}/meta/connect?{urlencode({'connection': conn.id, 'token': token})}"
 
 
 # -- pages -------------------------------------------------------------------------------
@@ -249,9 +247,10 @@ def render_overview(viewer: Viewer, conn: Connection) -> Response:
     now = _now()
     with get_runtime().sessions() as s:
         data = q.overview(s, conn.id, now)
+    meta_url = meta_connect_url(viewer, conn, now)
     state = views.connection_state(
         conn,
-        meta_connect_url=meta_connect_url(viewer, conn, now),
+        meta_connect_url=meta_url,
         settings_url=_page_url(viewer, conn.id, "settings"),
         operator=viewer.operator,
     )
@@ -259,6 +258,7 @@ def render_overview(viewer: Viewer, conn: Connection) -> Response:
         "dashboard/overview.html",
         data=data,
         state=state,
+        meta_url=meta_url,
         chart=views.delivery_chart(data.days),
         webhooks=views.webhook_health(conn),
         problems=[
