@@ -50,6 +50,7 @@ from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, utcnow
 from connector.web import get_runtime
+from connector.web.dashboard import store_dashboard_url
 
 log = logging.getLogger(__name__)
 bp = Blueprint("woocommerce", __name__)
@@ -494,6 +495,8 @@ def return_page() -> Response:
         f"<p>Store: {escape(store)} (connection {escape(connection_id)})</p>"
         f"<p>{escape(orders)}</p><p>{meta}</p>"
         f"<p><a href='{escape(meta_link)}'>Connect Meta</a></p>"
+        f"<p><a href='{escape(store_dashboard_url(connection_id, now, mode='standalone'))}'>"
+        "Open your dashboard</a> (this link works for two hours; come back here for a new one)</p>"
     )
     return _page("Your WooCommerce store is connected", body)
 
