@@ -168,6 +168,18 @@ class Event(Base):
         ),
         Index("ix_events_due", "status", "next_attempt_at"),
         Index("ix_events_connection_status", "connection_id", "status"),
+        # The dashboard's (migration 0008): each of its queries reads one index range.
+        Index(
+            "ix_events_connection_created",
+            "connection_id",
+            "created_at",
+            postgresql_include=["event_name", "status"],
+        ),
+        Index("ix_events_connection_sent", "connection_id", "sent_at"),
+        Index("ix_events_connection_id", "connection_id", "id"),
+        Index("ix_events_connection_status_id", "connection_id", "status", "id"),
+        Index("ix_events_connection_event_id", "connection_id", "event_id"),
+        Index("ix_events_fbtrace_id", "fbtrace_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
