@@ -255,7 +255,7 @@ class Chart:
 
 def delivery_chart(days: Sequence[DayCounts]) -> Chart:
     """A stacked bar per day: delivered, waiting, held, not delivered."""
-    width, height, pad = 600, 180, 24
+    width, height, pad = 600, 220, 30
     peak = max((d.seen for d in days), default=0) or 1
     bar_w = (width - pad) / max(len(days), 1)
     bars: list[Bar] = []
@@ -298,7 +298,7 @@ def _short(d: date) -> str:
 
 def coverage_chart(daily: Sequence[tuple[date, int, float]]) -> Chart | None:
     """A line of the daily share of events with an email or phone, 0-100 %."""
-    width, height, pad = 600, 120, 20
+    width, height, pad = 600, 160, 46
     if not daily:
         return None
     step = (width - 2 * pad) / max(len(daily) - 1, 1)
