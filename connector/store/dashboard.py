@@ -8,12 +8,12 @@ ranges; lists from keyset pages on ``(connection_id, id)``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from connector.retry import check_event_time
@@ -418,9 +418,10 @@ def key_coverage(
             .limit(20)
         )
     ]
+    pg = session.get_bind().dialect.name == "postgresql"
     rv: list[KeyCoverage] = []
     for name in sorted(names):
-        rows = session.execute(
+        sample = (
             select(Event.created_at, Event.payload)
             .where(
                 Event.connection_id == connection_id,
@@ -429,27 +430,47 @@ def key_coverage(
             )
             .order_by(Event.created_at.desc())
             .limit(QUALITY_SAMPLE)
+            .subquery()
+        )
+        day = _day_of(sample.c.created_at, pg)
+        has = {k: _has_key(sample.c.payload, k, pg) for k in MATCH_KEYS}
+        contact = or_(has["em"], has["ph"])
+        rows = session.execute(
+            select(
+                day,
+                func.count(),
+                func.sum(case((contact, 1), else_=0)),
+                *(func.sum(case((has[k], 1), else_=0)) for k in MATCH_KEYS),
+            )
+            .group_by(day)
+            .order_by(day)
         ).all()
-        rv.append(_coverage(name, ((r[0], r[1]) for r in rows)))
+        rv.append(_coverage(name, rows))
     return rv
 
 
-def _coverage(
-    name: str, rows: Iterable[tuple[datetime, Mapping[str, Any]]]
-) -> KeyCoverage:
-    counts: Counter[str] = Counter()
-    by_day: dict[date, list[int]] = {}
-    n = 0
-    for created, payload in rows:
-        n += 1
-        keys = present_keys(payload or {})
-        counts.update(keys)
-        day = by_day.setdefault(created.date(), [0, 0])
-        day[0] += 1
-        day[1] += 1 if ("em" in keys or "ph" in keys) else 0
+def _day_of(column: Any, pg: bool) -> Any:
+    # created_at is timestamptz on PostgreSQL: the UTC calendar day, whatever the zone
+    return func.date(func.timezone("UTC", column)) if pg else func.date(column)
+
+
+def _has_key(payload: Any, key: str, pg: bool) -> Any:
+    """SQL: the stored event's user_data carries ``key`` (a constant from MATCH_KEYS)."""
+    if pg:
+        return func.json_extract_path(payload, "user_data", key).is_not(None)
+    return func.json_extract(payload, f"$.user_data.{key}").is_not(None)
+
+
+def _coverage(name: str, rows: Sequence[Any]) -> KeyCoverage:
+    n = sum(int(r[1]) for r in rows)
+    totals = [sum(int(r[3 + i] or 0) for r in rows) for i in range(len(MATCH_KEYS))]
     return KeyCoverage(
         event_name=name,
         sampled=n,
-        shares={k: (counts[k] / n if n else 0.0) for k in MATCH_KEYS},
-        daily=[(d, v[0], v[1] / v[0]) for d, v in sorted(by_day.items())],
+        shares={k: (totals[i] / n if n else 0.0) for i, k in enumerate(MATCH_KEYS)},
+        daily=[
+            (_as_date(r[0]), int(r[1]), int(r[2] or 0) / int(r[1]))
+            for r in rows
+            if r[1]
+        ],
     )
