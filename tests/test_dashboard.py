@@ -557,3 +557,19 @@ def test_embedded_pages_load_app_bridge_and_only_shopify_frames_them(
         in rv.headers["Content-Security-Policy"]
     )
     assert "app-bridge.js" not in text(client.get(link(settings, conn_id)))
+
+
+def test_an_unconfigured_meta_sign_in_names_no_setting_in_a_browser(
+    client: Any, runtime: Runtime, settings: Settings
+) -> None:
+    """An old Connect Meta link on a server without a Meta app: plain words, no variable."""
+    conn_id = add(runtime)
+    token = sign_admin_link(settings.secret_key, conn_id, datetime.now(UTC))
+    rv = client.get(
+        f"/meta/connect?connection={conn_id}&token={token}",
+        headers={"Accept": "text/html"},
+    )
+    assert 404 == rv.status_code
+    page = text(rv)
+    assert "<h1>Not available here</h1>" in page
+    assert "Config" not in page
