@@ -28,6 +28,7 @@ from connector.registry import get_adapter
 from connector.retry import check_event_time
 from connector.runtime import Runtime
 from connector.store import queries
+from connector.store.dashboard import set_test_event_code
 from connector.store.models import Connection, ConnectionStatus, Event, EventStatus
 
 log = logging.getLogger("connector")
@@ -430,6 +431,10 @@ def connections_list(ctx: click.Context, as_json: bool) -> None:
 # -- keys ------------------------------------------------------------------------------
 
 
+#: the key of `connections set` that enters test mode, or with no value goes live
+TEST_EVENT_CODE = "test_event_code"
+
+
 @connections.command("set")
 @click.argument("connection_id")
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
@@ -453,10 +458,23 @@ def connections_set(
             changes[key.strip()] = json.loads(raw) if raw else None
         except ValueError:
             changes[key.strip()] = raw
+    # test_event_code is the connection's own column, not a translation setting: an empty
+    # value goes live (see connector.store.dashboard.set_test_event_code).
+    test_code = changes.pop(TEST_EVENT_CODE, ...) if TEST_EVENT_CODE in changes else ...
     runtime = _runtime(ctx)
     with runtime.sessions.begin() as session:
         conn = queries.get_connection(session, connection_id)
+        if test_code is not ...:
+            try:
+                set_test_event_code(
+                    session, conn, None if test_code is None else str(test_code)
+                )
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="KEY=VALUE") from exc
         settings = dict(conn.settings or {})
+        settings.pop(
+            TEST_EVENT_CODE, None
+        )  # an older CLI stored it here, where nothing reads it
         for key, value in changes.items():
             if value is None:
                 settings.pop(key, None)
@@ -467,7 +485,10 @@ def connections_set(
             raise click.UsageError("; ".join(problems))
         # A new dict, so the JSON column sees the change.
         conn.settings = settings
-    click.echo(json.dumps(settings, indent=2, sort_keys=True))
+        shown: dict[str, Any] = dict(settings)
+        if test_code is not ...:
+            shown[TEST_EVENT_CODE] = conn.test_event_code
+    click.echo(json.dumps(shown, indent=2, sort_keys=True))
 
 
 @cli.group()

@@ -65,3 +65,51 @@ def verify_admin_link(
         return False
     # compare_digest: == leaks how many leading characters matched
     return hmac.compare_digest(mac, _mac(secret_key, connection_id, expires, nonce))
+
+
+#: how long a store's link into its dashboard stays valid; pages hand it on, it is not renewed
+DASHBOARD_LINK_TTL = timedelta(hours=2)
+#: the two ways a store reaches its dashboard: inside the Shopify admin, or a page of its own
+DASHBOARD_MODES = ("embedded", "standalone")
+
+
+def _dashboard_mac(secret_key: str, connection_id: str, mode: str, expires: int) -> str:
+    # Its own kind in the message: an admin-link token never opens the dashboard, nor back.
+    msg = f"dashboard-link\n{connection_id}\n{mode}\n{expires}".encode()
+    return hmac.new(secret_key.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def sign_dashboard_link(
+    secret_key: str, connection_id: str, now: datetime, *, mode: str = "standalone"
+) -> str:
+    """A token letting its bearer see one store's dashboard (``<expiry>.<mode>.<mac>``).
+
+    Raises:
+        ValueError: ``mode`` is not one of :data:`DASHBOARD_MODES`.
+    """
+    if mode not in DASHBOARD_MODES:
+        raise ValueError(f"mode must be one of {', '.join(DASHBOARD_MODES)}")
+    expires = int((now + DASHBOARD_LINK_TTL).timestamp())
+    return (
+        f"{expires}.{mode}.{_dashboard_mac(secret_key, connection_id, mode, expires)}"
+    )
+
+
+def verify_dashboard_link(
+    secret_key: str, connection_id: str, token: str, now: datetime
+) -> str | None:
+    """The link's mode when ``token`` was signed for ``connection_id`` and is live, else None."""
+    expires_s, _, rest = token.partition(".")
+    mode, _, mac = rest.partition(".")
+    if (
+        not (expires_s.isascii() and expires_s.isdigit() and len(expires_s) <= 12)
+        or mode not in DASHBOARD_MODES
+        or not mac
+    ):
+        return None
+    expires = int(expires_s)
+    if expires < now.timestamp():
+        return None
+    expected = _dashboard_mac(secret_key, connection_id, mode, expires)
+    # compare_digest: == leaks how many leading characters matched
+    return mode if hmac.compare_digest(mac, expected) else None

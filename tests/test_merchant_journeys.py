@@ -312,14 +312,14 @@ def test_shopify_install_then_meta_with_a_test_event_and_no_secret_in_sight(
     browser = Browser(world)
     page, shop_callback = install_shopify(browser)
     csp = page.headers["Content-Security-Policy"]
-    assert f"frame-ancestors https://{SHOP} https://admin.shopify.com;" == csp
+    assert f"frame-ancestors https://{SHOP} https://admin.shopify.com;" in csp
     assert "Connect Meta" in page.text
     conn = find(world, "shopify", SHOP)
     assert conn is not None
     assert ConnectionStatus.ACTIVE == conn.status
     # Shopify takes only https webhook addresses: on a loopback http APP_URL none registers,
     # and the page says so instead of failing the install.
-    assert "0 of 6" in page.text
+    assert "subscriptions are being set up" in page.text
     with world.runtime.sessions.begin() as db:
         queries.get_connection(db, conn.id).test_event_code = "TEST777"
 
@@ -457,7 +457,7 @@ def test_reconnect_after_needs_reconnect_through_the_shop_page(world: World) -> 
         conn.status_reason = "meta token invalid (code 190)"
     page = browser.get(f"{world.app_url}/shopify/app?shop={SHOP}")
     assert 200 == page.status_code
-    assert "needs_reconnect" in page.text
+    assert "Needs Meta reconnected" in page.text
     assert "Reconnect Meta" in page.text
     done = browser.get(to_meta_callback(browser, connect_link(page, page.url)))
     assert 200 == done.status_code, done.text

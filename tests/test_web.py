@@ -85,4 +85,4 @@ def test_admin_page_with_password(make_app: Callable[..., Any]) -> None:
     assert 401 == client.get("/admin", auth=("admin", "nope")).status_code
     rv = client.get("/admin", auth=("admin", "pw"))
     assert 200 == rv.status_code
-    assert b"Connections" in rv.data
+    assert b"<h1>Stores</h1>" in rv.data

@@ -25,7 +25,6 @@ from flask import (
     Response,
     jsonify,
     redirect,
-    render_template,
     request,
     session,
 )
@@ -43,12 +42,12 @@ from connector.errors import (
     PlatformError,
     SignatureError,
 )
-from connector.links import sign_admin_link
 from connector.platform import PeriodicJob
 from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, Event, EventStatus
 from connector.web import get_runtime
+from connector.web.dashboard import render_store_overview
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +59,7 @@ WEBHOOK_PATH = "/webhooks/shopify"
 #: Connection.settings keys owned by the install flow
 SETTINGS_APP = "shopify_app"
 SETTINGS_WEBHOOKS = "shopify_webhooks"
+SETTINGS_WEBHOOKS_AT = "shopify_webhooks_at"
 #: the Flask session key remembering which shop this browser installed
 SESSION_SHOP = "shopify_shop"
 RECONCILE_INTERVAL = timedelta(days=1)
@@ -226,7 +226,12 @@ def register_webhooks(
         return None
     with runtime.sessions.begin() as s:
         conn = queries.get_connection(s, conn_id)
-        conn.settings = {**(conn.settings or {}), SETTINGS_WEBHOOKS: ids}
+        conn.settings = {
+            **(conn.settings or {}),
+            SETTINGS_WEBHOOKS: ids,
+            # when the subscriptions were last checked or repaired, for the dashboard
+            SETTINGS_WEBHOOKS_AT: _now().isoformat(),
+        }
     return ids
 
 
@@ -472,30 +477,9 @@ def _shop_view(runtime: Runtime, conn_id: str) -> _ShopView:
 def _render_shop(
     runtime: Runtime, conn_id: str, *, embedded: bool, now: datetime
 ) -> Response:
-    settings = runtime.settings
-    view = _shop_view(runtime, conn_id)
-    link = urlencode(
-        {
-            "connection": view.id,
-            "token": sign_admin_link(settings.secret_key, view.id, now),
-        }
-    )
-    page = render_template(
-        "shopify_shop.html",
-        shop=view.shop,
-        status=view.status,
-        status_reason=view.status_reason,
-        pixel=view.pixel,
-        webhook_count=view.webhook_count,
-        webhook_total=len(WEBHOOK_TOPICS),
-        counts=view.counts,
-        connect_url=f"{settings.app_url}/meta/connect?{link}",
-        embedded=embedded,
-        api_key=settings.shopify_api_key or "",
-    )
-    rv = Response(page, mimetype="text/html")
-    _frame_policy(rv, view.shop)
-    return rv
+    # The shop is proven (session token, signed query or its own session): its dashboard.
+    # (Its Content-Security-Policy lets only this shop's admin frame it.)
+    return render_store_overview(conn_id, mode="embedded" if embedded else "standalone")
 
 
 def _frame_policy(rv: Response, shop: str) -> None:

@@ -25,6 +25,8 @@ Connection settings read here (``ConnectionInfo.settings``):
 | ``excluded_channels``| ``source_name`` values (sales channels'   | ``["2329312"]``|
 |                   | app ids) whose orders are not sent: Meta     | (Facebook & |
 |                   | already has them                             | Instagram)  |
+| ``value_basis``   | ``total``, ``excl_tax``, ``excl_shipping``,   | ``total``   |
+|                   | ``excl_tax_and_shipping`` (see below)         |             |
 
 ``catalog`` needs ``catalog_country``; without it content ids fall back to variant ids
 (``settings_problems`` reports it). Unknown values read as the default.
@@ -46,6 +48,10 @@ Purchase: for an order with refunds, refunded quantities are added back and the 
 With ``content_id`` ``product`` the ids name products, which Meta's ``custom_data``
 reference calls product groups: ``content_type`` is ``product_group``; otherwise
 ``product``.
+shipping included) at the time of purchase; ``value_basis`` takes out ``total_tax`` and/or
+the shipping lines' price (without the tax on shipping when prices include tax, since that
+tax is already in ``total_tax``), in the event's currency
+(https://shopify.dev/docs/api/admin-rest/latest/resources/order#resource-object).
 
 ``action_source`` by ``source_name``:
 
@@ -110,6 +116,13 @@ from connector.platform import ConnectionInfo, Outcome
 PURCHASE_ON: Final = "purchase_on"
 CONTENT_ID: Final = "content_id"
 CATALOG_COUNTRY: Final = "catalog_country"
+VALUE_BASIS: Final = "value_basis"
+VALUE_BASIS_VALUES: Final = (
+    "total",
+    "excl_tax",
+    "excl_shipping",
+    "excl_tax_and_shipping",
+)
 
 REFUNDED_ORDERS: Final = "refunded_orders"
 EXCLUDED_CHANNELS: Final = "excluded_channels"
@@ -156,6 +169,8 @@ def settings_problems(settings: Mapping[str, Any]) -> list[str]:
     content_id = settings.get(CONTENT_ID, "variant")
     if content_id not in CONTENT_ID_VALUES:
         problems.append(f"{CONTENT_ID} must be one of {', '.join(CONTENT_ID_VALUES)}")
+    if settings.get(VALUE_BASIS, "total") not in VALUE_BASIS_VALUES:
+        problems.append(f"{VALUE_BASIS} must be one of {', '.join(VALUE_BASIS_VALUES)}")
     if content_id == "catalog" and _catalog_country(settings) is None:
         problems.append(
             f"{CONTENT_ID} catalog needs {CATALOG_COUNTRY}, a two-letter country code"
@@ -255,7 +270,7 @@ def translate_order(
         ),
         user_data=user,
         custom_data=CustomData(
-            value=prices.total,
+            value=purchase_value(order, prices, conn.settings),
             currency=prices.currency,
             contents=contents,
             content_ids=_unique(c.id for c in contents),
@@ -311,7 +326,9 @@ def translate_checkout(
         ),
         user_data=user,
         custom_data=CustomData(
-            value=prices.total if prices.currency else None,
+            value=purchase_value(checkout, prices, conn.settings)
+            if prices.currency
+            else None,
             currency=prices.currency if prices.total is not None else None,
             contents=contents,
             content_ids=_unique(c.id for c in contents),
@@ -370,6 +387,16 @@ class _Prices:
             plain_currency=presentment_currency or shop_currency,
         )
 
+    def amount(self, resource: Mapping[str, Any], name: str) -> Decimal:
+        """``name`` of ``resource`` in the event's currency (``name_set`` first), 0 if absent."""
+        bag = mapping(mapping(resource.get(f"{name}_set")).get(self.which))
+        amount = money(bag.get("amount"))
+        if amount is not None and _currency(bag.get("currency_code")) == self.currency:
+            return amount
+        if self.plain_currency == self.currency:
+            return money(resource.get(name)) or Decimal(0)
+        return Decimal(0)
+
     def line_price(self, line: Mapping[str, Any]) -> Decimal | None:
         bag = mapping(mapping(line.get("price_set")).get(self.which))
         amount = money(bag.get("amount"))
@@ -378,6 +405,35 @@ class _Prices:
         if self.plain_currency == self.currency:
             return money(line.get("price"))
         return None
+
+
+def purchase_value(
+    resource: Mapping[str, Any], prices: _Prices, settings: Mapping[str, Any]
+) -> Decimal | None:
+    """The order's or checkout's value under the ``value_basis`` setting (never below zero)."""
+    total = prices.total
+    basis = settings.get(VALUE_BASIS, "total")
+    if total is None or basis not in VALUE_BASIS_VALUES or basis == "total":
+        return total
+    tax = prices.amount(resource, "total_tax")
+    shipping = Decimal(0)
+    shipping_tax = Decimal(0)
+    for line in map(mapping, items(resource.get("shipping_lines"))):
+        shipping += prices.amount(line, "price")
+        for tax_line in map(mapping, items(line.get("tax_lines"))):
+            shipping_tax += prices.amount(tax_line, "price")
+    if resource.get("taxes_included") is True:
+        # The shipping price holds its tax, which total_tax counts too.
+        shipping_net, shipping_gross = shipping - shipping_tax, shipping
+    else:
+        shipping_net, shipping_gross = shipping, shipping + shipping_tax
+    if basis == "excl_tax":
+        value = total - tax
+    elif basis == "excl_shipping":
+        value = total - shipping_gross
+    else:
+        value = total - tax - shipping_net
+    return max(value, Decimal(0))
 
 
 def _contents(

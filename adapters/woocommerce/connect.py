@@ -69,6 +69,7 @@ from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, utcnow
 from connector.web import get_runtime
+from connector.web.dashboard import store_dashboard_url
 
 log = logging.getLogger(__name__)
 bp = Blueprint("woocommerce", __name__)
@@ -725,6 +726,8 @@ def return_page() -> Response:
         f"<p>{escape(orders)}</p><p>{meta}</p>"
         f"<p><a href='{escape(meta_link)}'>Connect Meta</a> (the link works once, "
         "for a few minutes; reload this page for a new one)</p>"
+        f"<p><a href='{escape(store_dashboard_url(connection_id, now, mode='standalone'))}'>"
+        "Open your dashboard</a> (this link works for two hours; come back here for a new one)</p>"
     )
     return _page("Your WooCommerce store is connected", body)
 

@@ -70,6 +70,12 @@ Connection settings read here (``Connection.settings``; all optional):
     or ``"skip"`` (an order already refunded or cancelled when first seen paid is not sent).
 ``action_sources``
     An object ``{created_via: action_source}`` that overrides rows of the table above.
+``value_basis``
+    The Purchase ``value``: ``"total"`` (default: what the shopper paid), ``"excl_tax"``
+    (``total - total_tax``), ``"excl_shipping"`` (``total - shipping_total - shipping_tax``)
+    or ``"excl_tax_and_shipping"`` (``total - total_tax - shipping_total``). WooCommerce keeps
+    ``shipping_total`` without tax and counts ``shipping_tax`` inside ``total_tax``
+    (https://woocommerce.github.io/woocommerce-rest-api-docs/#order-properties).
 
 Payload versions: a webhook's "API version" decides the body's shape. wc/v3 and wc/v2 carry
 ``*_gmt`` dates; wc/v1 (WooCommerce 2.6) has none, but its ``date_created`` and
@@ -102,6 +108,14 @@ from connector.platform import ConnectionInfo, Outcome
 
 #: prefixed to a draft order's id to make its InitiateCheckout event_id
 INITIATE_CHECKOUT_PREFIX: Final = "wc_checkout_"
+VALUE_BASIS: Final = "value_basis"
+VALUE_BASIS_VALUES: Final = (
+    "total",
+    "excl_tax",
+    "excl_shipping",
+    "excl_tax_and_shipping",
+)
+
 #: the order meta key whose value, when present, is the Purchase event_id
 META_EVENT_ID_KEY: Final = "_meta_event_id"
 
@@ -316,6 +330,8 @@ def settings_problems(settings: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"{name} must be one of {', '.join(CONTENT_ID_FORMATS)} (or variant)"
             )
+    if settings.get(VALUE_BASIS, "total") not in VALUE_BASIS_VALUES:
+        problems.append(f"{VALUE_BASIS} must be one of {', '.join(VALUE_BASIS_VALUES)}")
     if "on_hold_is_paid" in settings and not isinstance(
         settings["on_hold_is_paid"], bool
     ):
@@ -387,6 +403,9 @@ def _from_legacy(order: Mapping[str, Any]) -> dict[str, Any]:
         "status": order.get("status"),
         "currency": order.get("currency"),
         "total": order.get("total"),
+        "total_tax": order.get("total_tax"),
+        "shipping_total": order.get("total_shipping"),
+        "shipping_tax": order.get("shipping_tax"),
         "date_created_gmt": order.get("created_at"),
         "date_modified_gmt": order.get("updated_at"),
         "date_paid_gmt": paid_at,
@@ -472,6 +491,25 @@ def _event(
     )
 
 
+def purchase_value(
+    order: Mapping[str, Any], total: Decimal, settings: Mapping[str, Any]
+) -> Decimal:
+    """The order's value under the ``value_basis`` setting (never below zero)."""
+    basis = settings.get(VALUE_BASIS, "total")
+    if basis not in VALUE_BASIS_VALUES or basis == "total":
+        return total
+    tax = _decimal(order.get("total_tax")) or Decimal(0)
+    shipping = _decimal(order.get("shipping_total")) or Decimal(0)
+    shipping_tax = _decimal(order.get("shipping_tax")) or Decimal(0)
+    if basis == "excl_tax":
+        value = total - tax
+    elif basis == "excl_shipping":
+        value = total - shipping - shipping_tax
+    else:
+        value = total - tax - shipping
+    return max(value, Decimal(0))
+
+
 def _custom_data(
     order: Mapping[str, Any], order_id: int, settings: Mapping[str, Any]
 ) -> CustomData:
@@ -484,7 +522,7 @@ def _custom_data(
     fmt = content_id_format(settings)
     contents = _merged(_contents(_list(order.get("line_items")), str(fmt)))
     return CustomData(
-        value=total,
+        value=purchase_value(order, total, settings),
         currency=currency.upper(),
         contents=contents,
         content_ids=tuple(dict.fromkeys(c.id for c in contents)),

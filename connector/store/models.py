@@ -179,6 +179,18 @@ class Event(Base):
             postgresql_where=text("pruned_at IS NULL"),
             sqlite_where=text("pruned_at IS NULL"),
         ),
+        # The dashboard's (migration 0008): each of its queries reads one index range.
+        Index(
+            "ix_events_connection_created",
+            "connection_id",
+            "created_at",
+            postgresql_include=["event_name", "status"],
+        ),
+        Index("ix_events_connection_sent", "connection_id", "sent_at"),
+        Index("ix_events_connection_id", "connection_id", "id"),
+        Index("ix_events_connection_status_id", "connection_id", "status", "id"),
+        Index("ix_events_connection_event_id", "connection_id", "event_id"),
+        Index("ix_events_fbtrace_id", "fbtrace_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

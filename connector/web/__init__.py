@@ -64,7 +64,7 @@ def create_app(
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0
         )
 
-    from connector.web import admin, errors, health, observe, webhooks
+    from connector.web import admin, dashboard, errors, health, observe, webhooks
     from connector.web import meta as meta_routes
 
     observe.init_app(app)
@@ -102,6 +102,7 @@ def create_app(
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(meta_routes.bp)
     for adapter in registry.adapters().values():
         bp = adapter.blueprint()

@@ -1,9 +1,8 @@
-"""The operator's page: connections and their outbox, no secrets."""
+"""The operator's entrance: every connection in plain words, no secrets (pages: dashboard)."""
 
 from __future__ import annotations
 
 import hmac
-from html import escape
 
 from flask import Blueprint, Response, current_app, request
 from sqlalchemy import func, select
@@ -12,6 +11,7 @@ from werkzeug.exceptions import TooManyRequests
 from connector.errors import NotFoundError
 from connector.store.models import Connection, Event
 from connector.web import get_runtime
+from connector.web.dashboard import render_connections
 from connector.web.login_throttle import LoginThrottle
 
 bp = Blueprint("admin", __name__)
@@ -76,37 +76,5 @@ def index() -> Response:
                 )
             )
         }
-    rows = []
-    for c in conns:
-        cells = [
-            c.id,
-            c.platform,
-            c.store,
-            c.status + (f" ({c.status_reason})" if c.status_reason else ""),
-            c.pixel_id or "not connected",
-            *(
-                str(counts.get((c.id, s), 0))
-                for s in ("pending", "held", "sent", "dead")
-            ),
-        ]
-        rows.append("<tr>" + "".join(f"<td>{escape(x)}</td>" for x in cells) + "</tr>")
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "id",
-            "platform",
-            "store",
-            "status",
-            "pixel",
-            "pending",
-            "held",
-            "sent",
-            "dead",
-        )
-    )
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Connector</title></head><body>"
-        f"<h1>Connections</h1><table border='1'><tr>{head}</tr>{''.join(rows)}</table>"
-        "</body></html>"
-    )
+    page = render_connections(conns, counts)
     return Response(page, mimetype="text/html")

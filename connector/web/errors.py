@@ -8,9 +8,16 @@ from html import escape
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from connector.errors import ConnectorError
+from connector.errors import ConfigError, ConnectorError
 
 log = logging.getLogger(__name__)
+
+#: what a browser sees for a feature this deployment has not configured
+NOT_SET_UP = (
+    "Not available here",
+    "This part of the connector is not set up on this server yet. "
+    "Ask the person who runs your connector.",
+)
 
 
 def _wants_html() -> bool:
@@ -42,6 +49,10 @@ def init_app(app: Flask) -> None:
     def handle_connector_error(exc: ConnectorError) -> Response:
         if exc.http_status >= 500:
             log.error("%s on %s: %s", type(exc).__name__, request.path, exc)
+        if isinstance(exc, ConfigError) and _wants_html():
+            # A person's browser: the names of the server's settings are the operator's
+            # business (README, `connector` at start-up), not the store owner's.
+            return render(exc.http_status, NOT_SET_UP[0], NOT_SET_UP[1])
         return render(exc.http_status, _title(exc), exc.detail)
 
     @app.errorhandler(HTTPException)

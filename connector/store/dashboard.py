@@ -1,0 +1,476 @@
+"""The dashboard's queries: every one bounded by a time window, a limit or an index.
+
+Each function takes a Session and returns plain values, so the pages, the CLI and the
+benchmark read the same numbers. Counts come from ``(connection_id, created_at)`` index
+ranges; lists from keyset pages on ``(connection_id, id)``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from connector.retry import check_event_time
+from connector.store.models import Connection, Event, EventStatus
+
+#: the chart's window, and the longest a page looks back
+CHART_DAYS: Final = 30
+#: events per page of the events list, and the most a page may ask for
+PAGE_SIZE: Final = 50
+#: the most events one "replay all of a reason" click puts back (a second click does the rest)
+REPLAY_LIMIT: Final = 5000
+#: how many recent events per type the match-quality page reads
+QUALITY_SAMPLE: Final = 2000
+#: the statuses a person may send again
+REPLAYABLE: Final = (EventStatus.DEAD, EventStatus.HELD)
+#: the user_data keys Meta scores for a website event, in the order its docs list them
+#: (https://developers.facebook.com/docs/marketing-api/conversions-api/parameters/customer-information-parameters)
+MATCH_KEYS: Final = (
+    "em",
+    "ph",
+    "fn",
+    "ln",
+    "ge",
+    "db",
+    "ct",
+    "st",
+    "zp",
+    "country",
+    "external_id",
+    "client_ip_address",
+    "client_user_agent",
+    "fbc",
+    "fbp",
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DayCounts:
+    """One day's events by what became of them (created that day)."""
+
+    day: date
+    seen: int = 0
+    delivered: int = 0
+    waiting: int = 0
+    held: int = 0
+    dead: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Totals:
+    seen: int
+    orders: int
+    delivered: int
+    waiting: int
+    held: int
+    dead: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Overview:
+    days: list[DayCounts]
+    last_7: Totals
+    last_30: Totals
+    last_delivered_at: datetime | None
+    last_delivered_name: str | None
+    #: dead and held events grouped by their reason's kind, most first: (kind, count)
+    problems: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+def reason_kind(last_error: str | None) -> str:
+    """The grouping key of a dead or held event's reason: the word before its first colon."""
+    if not last_error:
+        return "unknown"
+    head = last_error.split(":", 1)[0].strip()
+    return head[:40] if head and " " not in head else "other"
+
+
+def _status_bucket(status: str) -> str:
+    return {
+        EventStatus.SENT: "delivered",
+        EventStatus.HELD: "held",
+        EventStatus.DEAD: "dead",
+    }.get(EventStatus(status), "waiting")
+
+
+def overview(session: Session, connection_id: str, now: datetime) -> Overview:
+    """The last 30 days of one connection: per-day counts, 7/30-day totals, last delivery.
+
+    Reads ``(connection_id, created_at)`` index ranges only; days are UTC days.
+    """
+    start_day = (now - timedelta(days=CHART_DAYS - 1)).date()
+    since = datetime.combine(start_day, datetime.min.time(), tzinfo=now.tzinfo)
+    day_expr = _day_expr(session)
+    rows = session.execute(
+        select(day_expr, Event.event_name, Event.status, func.count())
+        .where(Event.connection_id == connection_id, Event.created_at >= since)
+        .group_by(day_expr, Event.event_name, Event.status)
+    ).all()
+    per_day: dict[date, Counter[str]] = {}
+    orders_by_day: Counter[date] = Counter()
+    for raw_day, name, status, n in rows:
+        d = _as_date(raw_day)
+        bucket = per_day.setdefault(d, Counter())
+        bucket["seen"] += int(n)
+        bucket[_status_bucket(status)] += int(n)
+        if name == "Purchase":
+            orders_by_day[d] += int(n)
+    days = [
+        DayCounts(
+            day=start_day + timedelta(days=i),
+            **_day_values(per_day, start_day + timedelta(days=i)),
+        )
+        for i in range(CHART_DAYS)
+    ]
+    last = session.execute(
+        select(Event.sent_at, Event.event_name)
+        .where(Event.connection_id == connection_id, Event.sent_at.is_not(None))
+        .order_by(Event.sent_at.desc())
+        .limit(1)
+    ).first()
+    return Overview(
+        days=days,
+        last_7=_totals(days[-7:], orders_by_day),
+        last_30=_totals(days, orders_by_day),
+        last_delivered_at=last[0] if last else None,
+        last_delivered_name=last[1] if last else None,
+        problems=problem_groups(session, connection_id),
+    )
+
+
+def _day_values(per_day: Mapping[date, Counter[str]], d: date) -> dict[str, int]:
+    c = per_day.get(d, Counter())
+    return {k: c[k] for k in ("seen", "delivered", "waiting", "held", "dead")}
+
+
+def _totals(days: Sequence[DayCounts], orders_by_day: Mapping[date, int]) -> Totals:
+    return Totals(
+        seen=sum(d.seen for d in days),
+        orders=sum(orders_by_day.get(d.day, 0) for d in days),
+        delivered=sum(d.delivered for d in days),
+        waiting=sum(d.waiting for d in days),
+        held=sum(d.held for d in days),
+        dead=sum(d.dead for d in days),
+    )
+
+
+def _day_expr(session: Session) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        # created_at is timestamptz; the UTC calendar day, whatever the server's zone
+        return func.date(func.timezone("UTC", Event.created_at))
+    return func.date(Event.created_at)
+
+
+def _as_date(value: Any) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])
+
+
+def problem_groups(
+    session: Session, connection_id: str, *, limit: int = 20
+) -> list[tuple[str, str, int]]:
+    """Dead and held events by (status, reason kind), most first; at most ``limit`` groups."""
+    groups: Counter[tuple[str, str]] = Counter()
+    for status, error, n in session.execute(
+        select(Event.status, Event.last_error, func.count())
+        .where(
+            Event.connection_id == connection_id,
+            Event.status.in_([str(s) for s in REPLAYABLE]),
+        )
+        .group_by(Event.status, Event.last_error)
+        .limit(500)
+    ):
+        groups[(str(status), reason_kind(error))] += int(n)
+    return [(s, k, n) for (s, k), n in groups.most_common(limit)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventRow:
+    id: int
+    event_name: str
+    event_id: str
+    order_ref: str | None
+    status: str
+    event_time: datetime
+    created_at: datetime
+    sent_at: datetime | None
+    fbtrace_id: str | None
+    attempts: int
+    reason: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventPage:
+    rows: list[EventRow]
+    #: the id to pass as ``before`` for the next (older) page, or None at the end
+    next_before: int | None
+
+
+def list_events(
+    session: Session,
+    connection_id: str,
+    *,
+    query: str = "",
+    status: str = "",
+    event_name: str = "",
+    before: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> EventPage:
+    """One page of a connection's events, newest first (keyset on id).
+
+    ``query`` matches an order id / number, an event id or Meta's fbtrace_id exactly
+    (each is indexed); ``limit`` is clamped to :data:`PAGE_SIZE`.
+    """
+    limit = max(1, min(limit, PAGE_SIZE))
+    stmt: Select[Any] = select(Event).where(Event.connection_id == connection_id)
+    q = query.strip().lstrip("#")
+    if q:
+        stmt = stmt.where(
+            or_(Event.order_ref == q, Event.event_id == q, Event.fbtrace_id == q)
+        )
+    if status in {str(s) for s in EventStatus}:
+        stmt = stmt.where(Event.status == status)
+    if event_name:
+        stmt = stmt.where(Event.event_name == event_name[:64])
+    if before is not None:
+        stmt = stmt.where(Event.id < before)
+    found = list(session.scalars(stmt.order_by(Event.id.desc()).limit(limit + 1)))
+    rows = [_row(e) for e in found[:limit]]
+    return EventPage(
+        rows=rows, next_before=rows[-1].id if len(found) > limit and rows else None
+    )
+
+
+def _row(e: Event) -> EventRow:
+    return EventRow(
+        id=e.id,
+        event_name=e.event_name,
+        event_id=e.event_id,
+        order_ref=e.order_ref,
+        status=e.status,
+        event_time=e.event_time,
+        created_at=e.created_at,
+        sent_at=e.sent_at,
+        fbtrace_id=e.fbtrace_id,
+        attempts=e.attempts,
+        reason=e.last_error,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventDetail:
+    row: EventRow
+    #: which user_data keys were sent (present), never their values
+    keys_present: list[str]
+    keys_missing: list[str]
+    action_source: str | None
+    event_source_url: str | None
+    custom: dict[str, Any]
+    events_received: int | None
+    send_count: int
+    next_attempt_at: datetime | None
+    replayable: bool
+
+
+def event_detail(
+    session: Session, connection_id: str, event_pk: int
+) -> EventDetail | None:
+    """One event of this connection, with what was sent reduced to key names; None if absent."""
+    e = session.scalars(
+        select(Event).where(Event.id == event_pk, Event.connection_id == connection_id)
+    ).first()
+    if e is None:
+        return None
+    payload = e.payload or {}
+    present = present_keys(payload)
+    raw_custom = payload.get("custom_data")
+    custom: Mapping[str, Any] = raw_custom if isinstance(raw_custom, Mapping) else {}
+    shown = {
+        k: custom[k]
+        for k in ("value", "currency", "content_type", "num_items", "order_id")
+        if k in custom
+    }
+    if isinstance(custom.get("content_ids"), list):
+        shown["content_ids"] = ", ".join(str(x) for x in custom["content_ids"][:20])
+    return EventDetail(
+        row=_row(e),
+        keys_present=present,
+        keys_missing=[k for k in MATCH_KEYS if k not in present],
+        action_source=payload.get("action_source"),
+        event_source_url=payload.get("event_source_url"),
+        custom=shown,
+        events_received=e.events_received,
+        send_count=e.send_count,
+        next_attempt_at=e.next_attempt_at if e.status == EventStatus.PENDING else None,
+        replayable=e.status in REPLAYABLE,
+    )
+
+
+def present_keys(payload: Mapping[str, Any]) -> list[str]:
+    """The user_data keys a stored event carries with a non-empty value, in Meta's order."""
+    user = payload.get("user_data")
+    if not isinstance(user, Mapping):
+        return []
+    return [k for k in MATCH_KEYS if user.get(k) not in (None, "", [], ())]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayResult:
+    replayed: int
+    too_old: int
+    #: more rows matched than one click replays
+    more: bool
+
+
+def replay_events(
+    session: Session,
+    connection_id: str,
+    now: datetime,
+    *,
+    event_pk: int | None = None,
+    status: str | None = None,
+    kind: str | None = None,
+) -> ReplayResult:
+    """Put dead or held events back to pending: one by id, or all of one (status, reason kind).
+
+    Events Meta would refuse as older than 7 days stay where they are (counted in
+    ``too_old``). At most :data:`REPLAY_LIMIT` rows per call.
+    """
+    statuses = [str(s) for s in REPLAYABLE]
+    if status is not None:
+        statuses = [s for s in statuses if s == status]
+    stmt = select(Event.id, Event.event_time, Event.last_error).where(
+        Event.connection_id == connection_id, Event.status.in_(statuses)
+    )
+    if event_pk is not None:
+        stmt = stmt.where(Event.id == event_pk)
+    candidates = session.execute(stmt.order_by(Event.id).limit(REPLAY_LIMIT * 4)).all()
+    if kind is not None:
+        candidates = [r for r in candidates if reason_kind(r.last_error) == kind]
+    more = len(candidates) > REPLAY_LIMIT
+    candidates = candidates[:REPLAY_LIMIT]
+    ids = [r.id for r in candidates if check_event_time(r.event_time, now) is None]
+    for start in range(0, len(ids), 1000):
+        session.execute(
+            update(Event)
+            .where(Event.id.in_(ids[start : start + 1000]), Event.status.in_(statuses))
+            .values(
+                status=EventStatus.PENDING,
+                attempts=0,
+                next_attempt_at=now,
+                lease_owner=None,
+                lease_expires_at=None,
+                last_error=None,
+            )
+        )
+    return ReplayResult(
+        replayed=len(ids), too_old=len(candidates) - len(ids), more=more
+    )
+
+
+def set_test_event_code(session: Session, conn: Connection, code: str | None) -> None:
+    """Enter test mode with ``code``, or go live with None / "" (the column is cleared).
+
+    Events already waiting keep the code they were made with; events made from now on
+    follow the connection. Raises ValueError for a code longer than the column.
+    """
+    code = (code or "").strip() or None
+    if code is not None and len(code) > 64:
+        raise ValueError("a test event code is at most 64 characters")
+    conn.test_event_code = code
+
+
+@dataclass(frozen=True, kw_only=True)
+class KeyCoverage:
+    event_name: str
+    sampled: int
+    #: share of sampled events carrying each key, 0..1, in MATCH_KEYS order
+    shares: dict[str, float]
+    #: per UTC day (oldest first): (day, events, share with email or phone)
+    daily: list[tuple[date, int, float]]
+
+
+def key_coverage(
+    session: Session, connection_id: str, now: datetime, *, days: int = CHART_DAYS
+) -> list[KeyCoverage]:
+    """Per event type, which match keys the recent events carried (hash presence, no values).
+
+    Reads the newest :data:`QUALITY_SAMPLE` events per type created in the last ``days``
+    days from their stored payloads. Daily aggregates, where a deployment has them, are the
+    cheaper source: this function is the one place to point at them.
+    """
+    since = now - timedelta(days=min(days, CHART_DAYS))
+    names = [
+        n
+        for (n,) in session.execute(
+            select(Event.event_name)
+            .where(Event.connection_id == connection_id, Event.created_at >= since)
+            .group_by(Event.event_name)
+            .limit(20)
+        )
+    ]
+    pg = session.get_bind().dialect.name == "postgresql"
+    rv: list[KeyCoverage] = []
+    for name in sorted(names):
+        sample = (
+            select(Event.created_at, Event.payload)
+            .where(
+                Event.connection_id == connection_id,
+                Event.event_name == name,
+                Event.created_at >= since,
+            )
+            .order_by(Event.created_at.desc())
+            .limit(QUALITY_SAMPLE)
+            .subquery()
+        )
+        day = _day_of(sample.c.created_at, pg)
+        has = {k: _has_key(sample.c.payload, k, pg) for k in MATCH_KEYS}
+        contact = or_(has["em"], has["ph"])
+        rows = session.execute(
+            select(
+                day,
+                func.count(),
+                func.sum(case((contact, 1), else_=0)),
+                *(func.sum(case((has[k], 1), else_=0)) for k in MATCH_KEYS),
+            )
+            .group_by(day)
+            .order_by(day)
+        ).all()
+        rv.append(_coverage(name, rows))
+    return rv
+
+
+def _day_of(column: Any, pg: bool) -> Any:
+    # created_at is timestamptz on PostgreSQL: the UTC calendar day, whatever the zone
+    return func.date(func.timezone("UTC", column)) if pg else func.date(column)
+
+
+def _has_key(payload: Any, key: str, pg: bool) -> Any:
+    """SQL: the stored event's user_data carries ``key`` (a constant from MATCH_KEYS)."""
+    if pg:
+        return func.json_extract_path(payload, "user_data", key).is_not(None)
+    return func.json_extract(payload, f"$.user_data.{key}").is_not(None)
+
+
+def _coverage(name: str, rows: Sequence[Any]) -> KeyCoverage:
+    n = sum(int(r[1]) for r in rows)
+    totals = [sum(int(r[3 + i] or 0) for r in rows) for i in range(len(MATCH_KEYS))]
+    return KeyCoverage(
+        event_name=name,
+        sampled=n,
+        shares={k: (totals[i] / n if n else 0.0) for i, k in enumerate(MATCH_KEYS)},
+        daily=[
+            (_as_date(r[0]), int(r[1]), int(r[2] or 0) / int(r[1]))
+            for r in rows
+            if r[1]
+        ],
+    )

@@ -1,0 +1,57 @@
+"""dashboard: indexes that bound every dashboard query
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-11-30 02:30:00
+
+Built CONCURRENTLY on PostgreSQL, so webhooks keep writing to the outbox while they build
+(https://www.postgresql.org/docs/current/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY).
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0008"
+down_revision = "0007"
+branch_labels = None
+depends_on = None
+
+#: name -> (columns, PostgreSQL INCLUDE columns for index-only scans)
+INDEXES: dict[str, tuple[list[str], list[str]]] = {
+    # the overview's 30-day counts and the match-quality sample
+    "ix_events_connection_created": (
+        ["connection_id", "created_at"],
+        ["event_name", "status"],
+    ),
+    # the last event delivered
+    "ix_events_connection_sent": (["connection_id", "sent_at"], []),
+    # the events list, newest first, with or without a status filter
+    "ix_events_connection_id": (["connection_id", "id"], []),
+    "ix_events_connection_status_id": (["connection_id", "status", "id"], []),
+    # search by event id (the order id or checkout token) and by Meta's trace id
+    "ix_events_connection_event_id": (["connection_id", "event_id"], []),
+    "ix_events_fbtrace_id": (["fbtrace_id"], []),
+}
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        with op.get_context().autocommit_block():
+            for name, (columns, include) in INDEXES.items():
+                op.create_index(
+                    name,
+                    "events",
+                    columns,
+                    postgresql_include=include,
+                    postgresql_concurrently=True,
+                    if_not_exists=True,
+                )
+        return
+    for name, (columns, _) in INDEXES.items():
+        op.create_index(name, "events", columns)
+
+
+def downgrade() -> None:
+    for name in INDEXES:
+        op.drop_index(name, table_name="events")
