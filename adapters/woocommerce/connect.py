@@ -64,7 +64,7 @@ from connector.outbound import (
 from connector.platform import PeriodicJob
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Connection, ConnectionStatus, utcnow
+from connector.store.models import Connection, ConnectionStatus, OAuthState, utcnow
 from connector.web import get_runtime
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,8 @@ def _setup_once(runtime: Runtime, connection_id: str) -> str:
 def reconcile(runtime: Runtime) -> None:
     """The worker job: finish or re-check every connect-flow store that is due."""
     now = utcnow()
+    with runtime.sessions.begin() as db:
+        forget_stale_offers(db, now)
     with runtime.sessions() as db:
         rows = db.execute(
             select(Connection.id, Connection.settings, Connection.status).where(
@@ -320,6 +322,30 @@ def reconcile(runtime: Runtime) -> None:
             continue
         if is_setup_due((settings or {}).get("webhooks"), now):
             setup_webhooks(runtime, connection_id)
+
+
+def forget_stale_offers(db: Any, now: datetime) -> int:
+    """Drop the keys of flows that expired unproven, and flows a day past their expiry.
+
+    Returns how many offers were dropped. An offer is proven by the callback's follow-up or
+    the return page; one nobody proved before its state expired never will be.
+    """
+    dropped = 0
+    expired = db.scalars(
+        select(OAuthState)
+        .where(OAuthState.purpose == STATE_PURPOSE, OAuthState.expires_at <= now)
+        .with_for_update()
+    ).all()
+    for state in expired:
+        if state.expires_at <= now - timedelta(days=1):
+            db.delete(state)
+        elif (state.data or {}).get("offer"):
+            state.data = {
+                "proof": PROOF_REFUSED,
+                "reason": "The connection took too long; start again.",
+            }
+            dropped += 1
+    return dropped
 
 
 def periodic_jobs() -> list[PeriodicJob]:
