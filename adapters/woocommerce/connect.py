@@ -53,7 +53,7 @@ from werkzeug.wrappers import Response as BaseResponse
 from adapters.woocommerce.rest import WooCommerceClient
 from connector.crypto import keyring
 from connector.domains import MAX_STORE_LENGTH, normalize_store_url
-from connector.errors import ConnectorError, PlatformError
+from connector.errors import PlatformError
 from connector.links import sign_admin_link
 from connector.outbound import (
     UnresolvableHostError,
@@ -550,12 +550,10 @@ def _start_proof(runtime: Runtime, nonce: str) -> None:
             outcome = run_proof(runtime, nonce)
             if outcome.ran and outcome.status == PROOF_PROVEN and outcome.connection_id:
                 setup_webhooks(runtime, outcome.connection_id)
-        except (
-            ConnectorError
-        ):  # the return page runs the proof again once the lease ends
+        except Exception:
+            # A thread has nobody to report to; the return page (or, once the flow has
+            # expired, the worker) takes the proof over when its lease ends.
             log.exception("woocommerce key proof failed")
-        except Exception:  # a thread has nobody to report to
-            log.exception("woocommerce key proof crashed")
 
     threading.Thread(target=run, name="woocommerce-proof", daemon=True).start()
 
