@@ -105,6 +105,7 @@ class AddressPolicy:
     allow_loopback: bool = False
 
     def permits(self, address: Address) -> bool:
+        """True when a store request may connect to ``address``."""
         if is_public_address(address):
             return True
         return self.allow_loopback and _loopback(address)

@@ -896,3 +896,31 @@ def test_dns_rebinding_between_connect_and_the_key_proof_is_refused(
     assert "/meta/connect" not in page.text
     assert find(world, "woocommerce", VICTIM) is None
     assert not [c for c in connects if c[1] == 443]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        pytest.param({"shop": SHOP}, id="no-proof"),
+        pytest.param(
+            {"shop": SHOP, "timestamp": "1700000000", "hmac": "0" * 64},
+            id="forged-hmac",
+        ),
+        pytest.param({"id_token": "e30.e30.c2ln"}, id="forged-session-token"),
+    ],
+)
+def test_a_stranger_opening_an_installed_shops_page_gets_no_admin_link(
+    world: World, query: dict[str, str]
+) -> None:
+    """Without the install's session, a Shopify-signed link or a session token, no Connect Meta link."""
+    owner = Browser(world)
+    install_shopify(owner)
+    stranger = Browser(world)
+    rv = stranger.get(f"{world.app_url}/shopify/app", params=query)
+    assert "/meta/connect" not in rv.text
+    assert "token=" not in rv.text
+    if rv.status_code == 302:
+        # unproven: sent to Shopify's consent page, which proves who the merchant is
+        assert urlsplit(rv.headers["Location"]).path == "/shopify/install"
+    else:
+        assert_refused(rv, 401)

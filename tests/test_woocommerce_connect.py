@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -16,11 +18,12 @@ from sqlalchemy import text
 
 from adapters.woocommerce import connect
 from adapters.woocommerce.rest import WooCommerceClient
+from connector.crypto import keyring
 from connector.errors import PlatformError
 from connector.outbound import AddressPolicy
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Connection, Event
+from connector.store.models import Connection, Event, utcnow
 from connector.web import create_app
 from tests.conftest import fixture_bytes
 from tests.fakes.server import serve
@@ -421,3 +424,118 @@ def test_malformed_callbacks_get_400(client: Any, body: bytes) -> None:
         "/woocommerce/callback", data=body, content_type="application/json"
     )
     assert 400 == rv.status_code
+
+
+def test_the_worker_forgets_keys_offered_by_a_flow_that_expired_unproven(
+    runtime: Runtime,
+) -> None:
+    """Keys nobody proved before their flow expired are dropped; day-old flows are deleted."""
+    now = utcnow()
+    offer = keyring.encrypt(
+        json.dumps({"consumer_key": "ck_x", "consumer_secret": "cs_x", "key_id": 1})
+    )
+    with runtime.sessions.begin() as db:
+        expired = queries.issue_state(
+            db,
+            connect.STATE_PURPOSE,
+            store="https://shop.example.com",
+            ttl=connect.STATE_TTL,
+            now=now - timedelta(hours=2),
+        )
+        ancient = queries.issue_state(
+            db,
+            connect.STATE_PURPOSE,
+            ttl=connect.STATE_TTL,
+            now=now - timedelta(days=3),
+        )
+        live = queries.issue_state(
+            db, connect.STATE_PURPOSE, ttl=connect.STATE_TTL, now=now
+        )
+        for nonce in (expired, ancient, live):
+            state = queries.find_state(db, nonce, connect.STATE_PURPOSE)
+            assert state is not None
+            state.data = {"proof": "pending", "offer": offer}
+    connect.reconcile(runtime)
+    with runtime.sessions() as db:
+        dropped = queries.find_state(db, expired, connect.STATE_PURPOSE)
+        assert dropped is not None
+        assert "refused" == dropped.data["proof"]
+        assert "offer" not in dropped.data
+        assert queries.find_state(db, ancient, connect.STATE_PURPOSE) is None
+        kept = queries.find_state(db, live, connect.STATE_PURPOSE)
+        assert kept is not None
+        assert offer == kept.data["offer"]
+        assert [] == queries.list_connections(db)
+
+
+def answers_anything(environ: Any, start_response: Any) -> list[bytes]:
+    """A site that answers 200 and an empty JSON list to every request, keys or not."""
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [b"[]"]
+
+
+def test_a_store_that_answers_without_keys_proves_nothing(stack: Stack) -> None:
+    """Keys 'accepted' by a site that accepts anything are refused: no connection, a readable page."""
+    with serve(answers_anything) as site:
+        browser = requests.Session()
+        start = browser.get(
+            f"{stack.app_url}/woocommerce/connect",
+            params={"store_url": site.url},
+            allow_redirects=False,
+            timeout=30,
+        )
+        state = parse_qs(urlsplit(start.headers["Location"]).query)["user_id"][0]
+        answer = requests.post(
+            f"{stack.app_url}/woocommerce/callback",
+            json={
+                "key_id": 1,
+                "user_id": state,
+                "consumer_key": "ck_" + "5" * 40,
+                "consumer_secret": "cs_" + "6" * 40,
+                "key_permissions": "read_write",
+            },
+            timeout=30,
+        )
+        assert 200 == answer.status_code
+        page = browser.get(
+            f"{stack.app_url}/woocommerce/return",
+            params={"user_id": state, "success": "1"},
+            timeout=60,
+        )
+    assert 400 == page.status_code
+    assert "answers its REST API without keys" in page.text
+    assert "/meta/connect" not in page.text
+    with stack.runtime.sessions() as session:
+        assert [] == queries.list_connections(session)
+
+
+def test_the_return_page_waits_for_a_proof_that_another_request_is_running(
+    stack: Stack,
+) -> None:
+    """While the proof is held elsewhere the page polls (injected clock), then asks the browser to reload."""
+    with stack.runtime.sessions.begin() as db:
+        nonce = queries.issue_state(
+            db, connect.STATE_PURPOSE, store=stack.store_url, ttl=connect.STATE_TTL
+        )
+        state = queries.find_state(db, nonce, connect.STATE_PURPOSE)
+        assert state is not None
+        state.data = {
+            "proof": "pending",
+            "offer": keyring.encrypt(
+                json.dumps({"consumer_key": "ck_a", "consumer_secret": "cs_b"})
+            ),
+            "proving_until": (utcnow() + timedelta(minutes=1)).isoformat(),
+        }
+    ticks = iter(range(100))
+    slept: list[float] = []
+    outcome = connect.await_proof(
+        stack.runtime,
+        nonce,
+        wait=timedelta(seconds=3),
+        sleep=slept.append,
+        clock=lambda: float(next(ticks)),
+    )
+    assert "pending" == outcome.status
+    # the clock reads 0 (deadline 3), then 1 and 2 (sleep), then 3 (give up)
+    assert [connect.PROOF_POLL_SECONDS] * 2 == slept
+    assert [] == stack.fake.rest_calls

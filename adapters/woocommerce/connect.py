@@ -56,7 +56,7 @@ from connector.domains import (
     normalize_local_store_url,
     normalize_store_url,
 )
-from connector.errors import ConnectorError, PlatformError
+from connector.errors import PlatformError
 from connector.links import sign_admin_link
 from connector.outbound import (
     UnresolvableHostError,
@@ -67,7 +67,7 @@ from connector.outbound import (
 from connector.platform import PeriodicJob
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Connection, ConnectionStatus, utcnow
+from connector.store.models import Connection, ConnectionStatus, OAuthState, utcnow
 from connector.web import get_runtime
 from connector.web.dashboard import store_dashboard_url
 
@@ -294,6 +294,8 @@ def _setup_once(runtime: Runtime, connection_id: str) -> str:
 def reconcile(runtime: Runtime) -> None:
     """The worker job: finish or re-check every connect-flow store that is due."""
     now = utcnow()
+    with runtime.sessions.begin() as db:
+        forget_stale_offers(db, now)
     with runtime.sessions() as db:
         rows = db.execute(
             select(Connection.id, Connection.settings, Connection.status).where(
@@ -305,6 +307,30 @@ def reconcile(runtime: Runtime) -> None:
             continue
         if is_setup_due((settings or {}).get("webhooks"), now):
             setup_webhooks(runtime, connection_id)
+
+
+def forget_stale_offers(db: Any, now: datetime) -> int:
+    """Drop the keys of flows that expired unproven, and flows a day past their expiry.
+
+    Returns how many offers were dropped. An offer is proven by the callback's follow-up or
+    the return page; one nobody proved before its state expired never will be.
+    """
+    dropped = 0
+    expired = db.scalars(
+        select(OAuthState)
+        .where(OAuthState.purpose == STATE_PURPOSE, OAuthState.expires_at <= now)
+        .with_for_update()
+    ).all()
+    for state in expired:
+        if state.expires_at <= now - timedelta(days=1):
+            db.delete(state)
+        elif (state.data or {}).get("offer"):
+            state.data = {
+                "proof": PROOF_REFUSED,
+                "reason": "The connection took too long; start again.",
+            }
+            dropped += 1
+    return dropped
 
 
 def periodic_jobs() -> list[PeriodicJob]:
@@ -509,12 +535,10 @@ def _start_proof(runtime: Runtime, nonce: str) -> None:
             outcome = run_proof(runtime, nonce)
             if outcome.ran and outcome.status == PROOF_PROVEN and outcome.connection_id:
                 setup_webhooks(runtime, outcome.connection_id)
-        except (
-            ConnectorError
-        ):  # the return page runs the proof again once the lease ends
+        except Exception:
+            # A thread has nobody to report to; the return page (or, once the flow has
+            # expired, the worker) takes the proof over when its lease ends.
             log.exception("woocommerce key proof failed")
-        except Exception:  # a thread has nobody to report to
-            log.exception("woocommerce key proof crashed")
 
     threading.Thread(target=run, name="woocommerce-proof", daemon=True).start()
 

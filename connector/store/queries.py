@@ -616,5 +616,7 @@ def spend_once(
             used_at=now,
         )
         .on_conflict_do_nothing(index_elements=["nonce_hash"])
+        # RETURNING, not rowcount: the drivers disagree on rowcount after DO NOTHING
+        .returning(table.c.nonce_hash)
     )
-    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+    return session.execute(stmt).first() is not None
