@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -32,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from adapters.shopify.signature import sign_body  # noqa: E402
 from tests.test_web_edge import SlowClients, free_port, procfile_web_command  # noqa: E402
 
-SECRET = "bench-api-secret-long-enough-for-hs256"
+SECRET = secrets.token_hex(32)  # a fresh Shopify app secret for each run
 SHOP = "bench-shop.myshopify.com"
 
 
@@ -69,7 +70,11 @@ def main() -> None:
             argv = procfile_web_command(port)
         print("web:", " ".join(argv[2:]))
         proc = subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         base = f"http://127.0.0.1:{port}"
         try:
