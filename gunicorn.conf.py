@@ -4,7 +4,7 @@ Environment (all optional):
 
 - ``PORT``: the port to listen on, all interfaces (the host sets it; default 8000).
 - ``WEB_CONCURRENCY``: worker processes (Heroku sets it from the dyno size; default 2).
-- ``WEB_WORKER_CONNECTIONS``: open connections one worker serves at once (default 200).
+- ``WEB_WORKER_CONNECTIONS``: open connections one worker serves at once (default 1000).
 
 Why these values (README "Deploying: the web edge" says more):
 
@@ -14,6 +14,8 @@ Why these values (README "Deploying: the web edge" says more):
   waits cooperatively once ``select`` is monkey-patched (the worker patches before the app,
   and so psycopg, is imported; nothing here imports them), SQLAlchemy's pool queue uses the
   patched locks, and the webhook path does no network I/O of its own.
+- ``keepalive``: also the time a client has to send a whole request head (gevent workers
+  read it under that timeout), so a client dribbling its headers is let go after 5 s.
 - ``timeout``: a worker whose event loop is stuck for this long is restarted (it is a
   heartbeat, not a per-request limit, for gevent workers).
 - ``graceful_timeout``: on SIGTERM in-flight requests get this long; Heroku sends SIGKILL 30 s
@@ -29,7 +31,7 @@ import os
 bind = f"0.0.0.0:{os.environ.get('PORT') or '8000'}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
 worker_class = "gevent"
-worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS") or 200)
+worker_connections = int(os.environ.get("WEB_WORKER_CONNECTIONS") or 1000)
 
 timeout = 25
 graceful_timeout = 20

@@ -158,9 +158,28 @@ def _no_raw_script(rv: Any) -> None:
             assert 'src="https://cdn.shopify.com/' in tag or 'src="/static/' in tag, tag
 
 
+_SHOP_FRAMERS = re.compile(
+    r"frame-ancestors https://[a-z0-9][a-z0-9-]*\.myshopify\.com https://admin\.shopify\.com;"
+)
+
+
+def _unframeable(rv: Any) -> None:
+    """An HTML answer refuses framing, or allows exactly one shop's admin (the embedded page)."""
+    if rv.mimetype != "text/html":
+        return
+    csp = rv.headers.get("Content-Security-Policy", "")
+    if _SHOP_FRAMERS.fullmatch(csp):
+        return
+    assert ("frame-ancestors 'none'", "DENY") == (
+        csp,
+        rv.headers.get("X-Frame-Options"),
+    )
+
+
 def _sane(rv: Any) -> None:
     assert rv.status_code < 500, rv.get_data()[:300]
     _no_raw_script(rv)
+    _unframeable(rv)
 
 
 def _path(route: str, ids: dict[str, str]) -> str:
