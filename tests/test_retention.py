@@ -197,7 +197,9 @@ def _mark_sent(runtime: Runtime, at: datetime) -> None:
 
 
 def test_a_redelivered_old_order_is_still_refused_after_the_prune(
-    deliver: Deliver, runtime: Runtime, shop: str
+    deliver: Deliver,  # noqa: F811 - the fixture
+    runtime: Runtime,
+    shop: str,  # noqa: F811 - the fixture
 ) -> None:
     """Receipts and personal data gone, the same order delivered again makes no new event."""
     first = deliver("orders/paid", BODY, webhook_id="delivery-1")
@@ -216,7 +218,9 @@ def test_a_redelivered_old_order_is_still_refused_after_the_prune(
 
 
 def test_compliance_webhooks_still_find_pruned_data(
-    deliver: Deliver, runtime: Runtime, shop: str
+    deliver: Deliver,  # noqa: F811 - the fixture
+    runtime: Runtime,
+    shop: str,  # noqa: F811 - the fixture
 ) -> None:
     """customers/redact and shop/redact delete pruned rows as they delete any other."""
     deliver("orders/paid", order_of_customer_191167(299938))
