@@ -724,6 +724,35 @@ def _one_line(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+# -- retention ----------------------------------------------------------------------------
+
+
+@cli.command("prune")
+@click.option("--dry-run", is_flag=True, help="Count what would go; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def prune_command(ctx: click.Context, dry_run: bool, as_json: bool) -> None:
+    """Remove personal data and webhook receipts past their retention (the worker does it daily)."""
+    from connector import retention
+
+    runtime = _runtime(ctx)
+    report = retention.prune(
+        runtime.engine,
+        retention.RetentionPolicy.from_settings(runtime.settings),
+        now=datetime.now(UTC),
+        dry_run=dry_run,
+    )
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+        return
+    verb = "would remove" if dry_run else "removed"
+    click.echo(
+        f"{verb} personal data from {report.events_pruned} event(s), "
+        f"{report.receipts_deleted} webhook receipt(s) and {report.states_deleted} "
+        "expired sign-in state(s)"
+    )
+
+
 # -- test events --------------------------------------------------------------------------
 
 

@@ -186,3 +186,45 @@ def configure(
     root.addHandler(handler)
     root.setLevel(level)
     return handler
+
+
+def gunicorn_logconfig_dict(log_format: str) -> dict[str, Any]:
+    """A ``logconfig_dict`` for gunicorn's configuration file: gunicorn's error and access logs,
+    and the app's, through the connector's handler (JSON lines or text on stdout, redacted).
+
+    https://docs.gunicorn.org/en/stable/settings.html#logconfig-dict
+    """
+    formatter: dict[str, Any] = (
+        {"()": "connector.logs.JsonLines", "process": "web"}
+        if log_format == "json"
+        else {"()": "connector.logs.TextLines"}
+    )
+    handler = {
+        "class": "connector.logs._ConnectorHandler",
+        "stream": "ext://sys.stdout",
+        "formatter": "connector",
+        "filters": ["redact", "context"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {
+            "redact": {"()": "connector.redact.RedactSecrets"},
+            "context": {"()": "connector.logs.ContextFilter"},
+        },
+        "formatters": {"connector": formatter},
+        "handlers": {"stdout": handler},
+        "root": {"level": "INFO", "handlers": ["stdout"]},
+        "loggers": {
+            "gunicorn.error": {
+                "level": "INFO",
+                "handlers": ["stdout"],
+                "propagate": False,
+            },
+            "gunicorn.access": {
+                "level": "INFO",
+                "handlers": ["stdout"],
+                "propagate": False,
+            },
+        },
+    }

@@ -43,14 +43,23 @@ MULTIPROC_DIR = _multiprocess_dir()
 if MULTIPROC_DIR:
     Path(MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 
-# prometheus_client picks its value store when the first metric is created: after the above.
+# prometheus_client picks its value store (memory, or files in the folder) when it is first
+# imported: after the above. Should another module have imported it earlier, choose again
+# before the first metric below is created.
 from prometheus_client import (  # noqa: E402
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
     multiprocess,
+    values,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
+from prometheus_client.exposition import CONTENT_TYPE_LATEST  # noqa: E402
+
+values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+
+__all__ = ["CONTENT_TYPE_LATEST", "GaugeMetricFamily", "Metric"]
 
 WEBHOOKS = Counter(
     "connector_webhooks",

@@ -190,3 +190,34 @@ def test_development_logs_stay_readable_text(tmp_path: Path) -> None:
     first = out.splitlines()[0]
     assert not first.startswith("{")
     assert " INFO connector" in first
+
+
+def test_gunicorns_access_log_can_go_through_the_same_handler(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The logconfig_dict for gunicorn renders its access lines as redacted JSON on stdout."""
+    import logging.config
+
+    root = logging.getLogger()
+    saved = list(root.handlers), root.level
+    try:
+        logging.config.dictConfig(logs.gunicorn_logconfig_dict("json"))
+        logging.getLogger("gunicorn.access").info(
+            '%(h)s "%(r)s" %(s)s',
+            {
+                "h": "10.1.2.3",
+                "r": "GET /shopify/callback?code=abc123&shop=x HTTP/1.1",
+                "s": "302",
+            },
+        )
+    finally:
+        for handler in list(root.handlers):
+            if handler not in saved[0]:
+                root.removeHandler(handler)
+        for name in ("gunicorn.access", "gunicorn.error"):
+            logging.getLogger(name).handlers.clear()
+        root.setLevel(saved[1])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "gunicorn.access" == line["logger"]
+    assert "abc123" not in line["message"]
+    assert "code=[redacted]" in line["message"]

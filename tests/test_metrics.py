@@ -313,3 +313,39 @@ def test_a_gunicorn_worker_without_the_variable_shares_its_masters_folder(
     folder, ppid = json.loads(out)
     assert str(tmp_path / f"capi-connector-metrics-{ppid}") == folder
     assert Path(folder).is_dir()
+
+
+def test_a_gunicorn_worker_counts_into_the_shared_folder(tmp_path: Path) -> None:
+    """Loaded as gunicorn loads the app (client library imported first), counts reach the folder."""
+    code = (
+        "import gunicorn.arbiter, prometheus_client\n"
+        "import connector.web.health\n"
+        "from connector import metrics\n"
+        "metrics.count_webhook('shopify', 'orders/paid', 'accepted')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    for _ in range(2):  # two workers of the same master
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    (folder,) = tmp_path.glob("capi-connector-metrics-*")
+    text = subprocess.run(
+        [sys.executable, "-c", _RENDER],
+        env={**env, "PROMETHEUS_MULTIPROC_DIR": str(folder)},
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert 2 == value(
+        families, "connector_webhooks_total", platform="shopify", outcome="accepted"
+    )

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from flask import Blueprint, Response, jsonify, request
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -17,6 +15,7 @@ from sqlalchemy.orm import Session
 from connector import metrics as connector_metrics
 from connector.config import Settings
 from connector.errors import NotFoundError
+from connector.metrics import CONTENT_TYPE_LATEST, GaugeMetricFamily, Metric
 from connector.store.models import Connection, Event, EventStatus
 from connector.web import get_runtime
 

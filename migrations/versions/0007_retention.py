@@ -6,7 +6,8 @@ Create Date: 2026-11-30 02:30:00
 
 Safe while the previous release still runs: the new column is nullable with no default (a
 catalog change only on PostgreSQL, and old processes insert NULL, "not pruned yet"), and on
-PostgreSQL the indexes are built CONCURRENTLY, so webhooks keep writing during the build.
+a large PostgreSQL outbox the indexes are built CONCURRENTLY, so webhooks keep writing
+during the build.
 """
 
 from __future__ import annotations
@@ -31,12 +32,32 @@ def upgrade() -> None:
                 nullable=True,
             )
         )
-    if op.get_bind().dialect.name == "postgresql":
-        # Outside the migration's transaction: CONCURRENTLY cannot run inside one.
+    bind = op.get_bind()
+    if (
+        bind.dialect.name == "postgresql"
+        and _estimated_rows(bind) > CONCURRENT_ABOVE_ROWS
+    ):
+        # A large outbox: build without blocking writers. CONCURRENTLY cannot run inside a
+        # transaction, and it waits for transactions already open to finish.
         with op.get_context().autocommit_block():
             _create_indexes(postgresql_concurrently=True)
     else:
+        # A small table indexes in milliseconds; the brief lock goes unnoticed.
         _create_indexes()
+
+
+#: rows (PostgreSQL's estimate) above which the indexes are built CONCURRENTLY
+CONCURRENT_ABOVE_ROWS = 50_000
+
+
+def _estimated_rows(bind: sa.engine.Connection) -> float:
+    estimate = bind.execute(
+        sa.text(
+            "SELECT coalesce(max(reltuples), 0) FROM pg_class "
+            "WHERE oid IN (to_regclass('events'), to_regclass('webhook_receipts'))"
+        )
+    ).scalar()
+    return float(estimate or 0)
 
 
 def _create_indexes(**kw: bool) -> None:
