@@ -798,11 +798,13 @@ def backfill(
         item_show_func=describe,
         file=err,
     ) as bar:
+        shown = [0]
 
         def progress(counts: sweep.SweepCounts) -> None:
-            bar.update(1, counts)
-            if not interactive and counts.scanned % 100 == 0:
+            bar.update(counts.scanned - shown[0], counts)
+            if not interactive and counts.scanned // 100 > shown[0] // 100:
                 click.echo(f"  scanned {counts.scanned}: {describe(counts)}", err=True)
+            shown[0] = counts.scanned
 
         counts = sweep.sweep_connection(
             runtime,

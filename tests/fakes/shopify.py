@@ -129,6 +129,9 @@ class FakeShopify:
     lowest_available: float = float("inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_id: int = 1
+    _version: int = 0
+    _found_key: tuple[Any, ...] | None = None
+    _found: list[dict[str, Any]] = field(default_factory=list)
 
     # -- helpers for tests -------------------------------------------------------------
 
@@ -147,6 +150,7 @@ class FakeShopify:
         """Store (or replace) an order in the GraphQL ``Order`` shape."""
         with self._lock:
             self.orders.setdefault(shop, {})[str(node["legacyResourceId"])] = node
+            self._version += 1
 
     def issue_expiring(
         self, shop: str, *, access_ttl: int = ACCESS_TTL
@@ -464,14 +468,15 @@ class FakeShopify:
                 ],
                 "extensions": {"cost": self._cost(requested, None, shop)},
             }
-        found = sorted(
-            (
-                n
-                for n in self.orders.get(shop, {}).values()
-                if _matches(n, str(variables.get("query") or ""))
-            ),
-            key=lambda n: (n["updatedAt"], int(n["legacyResourceId"])),
-        )
+        search = str(variables.get("query") or "")
+        key = (shop, search, len(self.orders.get(shop, {})), self._version)
+        if self._found_key != key:  # pages of one sweep share the search's result
+            self._found = sorted(
+                (n for n in self.orders.get(shop, {}).values() if _matches(n, search)),
+                key=lambda n: (n["updatedAt"], int(n["legacyResourceId"])),
+            )
+            self._found_key = key
+        found = self._found
         start = int(variables.get("after") or 0)
         page = found[start : start + first]
         more = start + first < len(found)
