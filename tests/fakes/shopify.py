@@ -123,6 +123,10 @@ class FakeShopify:
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: orders queries answered, THROTTLED answers, and the lowest level the bucket reached
     order_pages: int = 0
+    #: when set, the token endpoint waits for it before answering (a slow Shopify); and how
+    #: many token requests are waiting
+    token_gate: threading.Event | None = None
+    token_waiting: int = 0
     #: orders queries without a cursor: each starts a sweep
     order_sweeps: int = 0
     throttled: int = 0
@@ -209,6 +213,11 @@ class FakeShopify:
 
         @app.post("/<shop>/admin/oauth/access_token")
         def access_token(shop: str) -> Any:
+            gate = self.token_gate
+            if gate is not None:
+                with self._lock:
+                    self.token_waiting += 1
+                gate.wait(30)
             body = request.get_json(silent=True) or request.form.to_dict()
             if (
                 body.get("client_id") != self.api_key
