@@ -220,12 +220,19 @@ def worker(
         click.echo(json.dumps(rv, sort_keys=True))
 
 
-def _run_worker_with_jobs(runtime: Runtime) -> dict[str, Any] | None:
-    """The dispatcher loop, and the periodic jobs on a thread beside it; one stop for both."""
+def _run_worker_with_jobs(
+    runtime: Runtime, stop: threading.Event | None = None
+) -> dict[str, Any] | None:
+    """The dispatcher loop, and the periodic jobs on a thread beside it; one stop for both.
+
+    Without ``stop``, SIGTERM and SIGINT (main thread) set one.
+    """
     from connector import dispatcher, jobs
 
-    stop = threading.Event()
-    previous = jobs.install_stop_signals(stop)
+    previous: dict[int, object] = {}
+    if stop is None:
+        stop = threading.Event()
+        previous = jobs.install_stop_signals(stop)
     runner = jobs.JobRunner(runtime, stop=stop).start()
     try:
         return dispatcher.run_worker(runtime=runtime, stop=stop)
@@ -899,11 +906,13 @@ def backfill(
         item_show_func=describe,
         file=err,
     ) as bar:
+        shown = [0]
 
         def progress(counts: sweep.SweepCounts) -> None:
-            bar.update(1, counts)
-            if not interactive and counts.scanned % 100 == 0:
+            bar.update(counts.scanned - shown[0], counts)
+            if not interactive and counts.scanned // 100 > shown[0] // 100:
                 click.echo(f"  scanned {counts.scanned}: {describe(counts)}", err=True)
+            shown[0] = counts.scanned
 
         counts = sweep.sweep_connection(
             runtime,

@@ -55,6 +55,8 @@ OVERLAP = timedelta(minutes=10)
 FIRST_LOOKBACK = timedelta(days=7)
 #: the sweep job's default interval (seconds); CONNECTOR_SWEEP_INTERVAL overrides it
 DEFAULT_INTERVAL_SECONDS = 900.0
+#: orders recorded per transaction
+WRITE_BATCH = 100
 #: the delivery id prefix of an order found by a sweep (its receipt, one per order)
 DELIVERY_PREFIX = "sweep:"
 
@@ -222,14 +224,24 @@ def sweep_connection(
         since = mark - OVERLAP if mark else max(installed, started - FIRST_LOOKBACK)
     adapter = registry.get_adapter(info.platform)
     counts = SweepCounts()
+    batch: list[_Pending] = []
     for found in source.sweep_orders(runtime, connection_id, since, until):
         if jobs.stop_requested():
             log.info("sweep of %s interrupted; its mark stays", connection_id)
+            _write(runtime, batch, counts)
             return counts
         counts.scanned += 1
-        _one(runtime, adapter, info, found, counts, dry_run=dry_run, now=now())
+        todo = _one(runtime, adapter, info, found, counts, dry_run=dry_run, now=now())
+        if todo is not None:
+            batch.append(todo)
+        if len(batch) >= WRITE_BATCH:
+            _write(runtime, batch, counts)
+            batch = []
         if progress is not None:
             progress(counts)
+    _write(runtime, batch, counts)
+    if progress is not None:
+        progress(counts)
     if periodic and not dry_run:
         _record_state(runtime, connection_id, until, counts, error=None)
     return counts
@@ -244,25 +256,26 @@ def _one(
     *,
     dry_run: bool,
     now: datetime,
-) -> None:
+) -> _Pending | None:
+    """Translate one order; what to record, or None when it is skipped (counted) or a dry run."""
     try:
         outcome = adapter.handle(found.topic, found.payload, info, now)
     except ConnectorError as exc:
         counts.skipped[f"unreadable order: {exc}"[:120]] += 1
-        return
+        return None
     if not outcome.events:
         counts.skipped[outcome.skipped or "no event"] += 1
-        return
+        return None
     events = [e for e in outcome.events if not _outside_window(e, now)]
     if not events:
         counts.skipped[SKIP_TOO_OLD] += 1
-        return
+        return None
     if dry_run:
         if all(_present(runtime, info.id, e) for e in events):
             counts.present += 1
         else:
             counts.enqueued += 1
-        return
+        return None
     receipt = queries.ReceiptIn(
         platform=info.platform,
         connection_id=info.id,
@@ -272,12 +285,29 @@ def _one(
         order_ref=outcome.order_ref,
         customer_ref=outcome.customer_ref,
     )
+    return _Pending(receipt=receipt, events=events, now=now)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Pending:
+    receipt: queries.ReceiptIn
+    events: list[CanonicalEvent]
+    now: datetime
+
+
+def _write(runtime: Runtime, batch: list[_Pending], counts: SweepCounts) -> None:
+    """Record a batch of orders in one transaction, through the webhook path's unique keys."""
+    if not batch:
+        return
     with runtime.sessions.begin() as s:
-        accepted = queries.record_delivery(s, receipt, events, now=now)
-    if accepted.new_events:
-        counts.enqueued += 1
-    else:
-        counts.present += 1
+        results = [
+            queries.record_delivery(s, p.receipt, p.events, now=p.now) for p in batch
+        ]
+    for accepted in results:
+        if accepted.new_events:
+            counts.enqueued += 1
+        else:
+            counts.present += 1
 
 
 def _record_state(

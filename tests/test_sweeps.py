@@ -747,38 +747,50 @@ def test_a_periodic_job_stops_within_the_shutdown_promise(runtime: Runtime) -> N
         release.set()
 
 
-def test_delivery_never_waits_for_a_periodic_job(
-    rt: Runtime, graph: tuple[FakeGraph, str], shopify: tuple[FakeShopify, str]
-) -> None:
-    """With a job blocked, the worker loop still claims and sends: jobs run on their own thread."""
-    fake, _ = shopify
-    conn_id = add_shopify(rt, fake, pixel="5234567890")
-    shopify_orders(fake, 3)
-    sweep.sweep_connection(rt, conn_id)
-    blocked = threading.Event()
-    release = threading.Event()
-
-    def slow(_: Any) -> None:
-        blocked.set()
-        release.wait(30)
-
-    stop = threading.Event()
-    runner = jobs.JobRunner(
-        rt, [PeriodicJob(name="slow", interval_seconds=60, run=slow)], stop=stop
-    )
-    runner.start()
-    assert blocked.wait(10)
-    try:
-        summary = drain(rt)
-    finally:
-        release.set()
-        runner.stop()
-    assert summary["sent"] == 3
-    assert len(received(graph[0], "5234567890")) == 3
-
-
 def test_the_worker_no_longer_runs_jobs_inline() -> None:
     """The dispatcher module holds no job scheduler: jobs live in connector.jobs."""
     assert not hasattr(dispatcher, "JobScheduler")
     names = {job.name for job in jobs.collect_periodic_jobs()}
     assert {"order-sweep", "shopify-reconcile", "woocommerce_webhooks"} <= names
+
+
+def test_the_worker_sends_while_a_periodic_job_waits_on_a_slow_store(
+    rt: Runtime, graph: tuple[FakeGraph, str], shopify: tuple[FakeShopify, str]
+) -> None:
+    """A token refresh hangs in the daily reconciliation: events still go out meanwhile."""
+    from connector.cli import _run_worker_with_jobs
+
+    fake, _ = shopify
+    conn_id = add_shopify(rt, fake, pixel="6234567890")
+    shopify_orders(fake, 3)
+    sweep.sweep_connection(rt, conn_id)  # three Purchases wait in the outbox
+    slow = "slow-shop.myshopify.com"
+    grant = fake.issue_expiring(slow)
+    with rt.sessions.begin() as s:
+        conn = queries.upsert_connection(
+            s,
+            "shopify",
+            slow,
+            platform_token=grant["access_token"],
+            platform_token_expires_at=datetime.now(UTC) + timedelta(seconds=30),
+            platform_refresh_token=grant["refresh_token"],
+        )
+        conn.settings = {
+            "shopify_app": True
+        }  # installed through the app: reconciled daily
+    fake.token_gate = threading.Event()  # Shopify's token endpoint stops answering
+    stop = threading.Event()
+    worker = threading.Thread(target=_run_worker_with_jobs, args=(rt, stop))
+    worker.start()
+    try:
+        for _ in range(200):
+            if fake.token_waiting and len(received(graph[0], "6234567890")) == 3:
+                break
+            stop.wait(0.1)
+        assert fake.token_waiting >= 1  # the job is stuck in the refresh...
+        assert len(received(graph[0], "6234567890")) == 3  # ...and delivery went on
+    finally:
+        stop.set()
+        fake.token_gate.set()
+        worker.join(30)
+    assert not worker.is_alive()

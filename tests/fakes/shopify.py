@@ -123,12 +123,19 @@ class FakeShopify:
     buckets: dict[str, tuple[float, float]] = field(default_factory=dict)
     #: orders queries answered, THROTTLED answers, and the lowest level the bucket reached
     order_pages: int = 0
+    #: when set, the token endpoint waits for it before answering (a slow Shopify); and how
+    #: many token requests are waiting
+    token_gate: threading.Event | None = None
+    token_waiting: int = 0
     #: orders queries without a cursor: each starts a sweep
     order_sweeps: int = 0
     throttled: int = 0
     lowest_available: float = float("inf")
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _next_id: int = 1
+    _version: int = 0
+    _found_key: tuple[Any, ...] | None = None
+    _found: list[dict[str, Any]] = field(default_factory=list)
 
     # -- helpers for tests -------------------------------------------------------------
 
@@ -147,6 +154,7 @@ class FakeShopify:
         """Store (or replace) an order in the GraphQL ``Order`` shape."""
         with self._lock:
             self.orders.setdefault(shop, {})[str(node["legacyResourceId"])] = node
+            self._version += 1
 
     def issue_expiring(
         self, shop: str, *, access_ttl: int = ACCESS_TTL
@@ -205,6 +213,11 @@ class FakeShopify:
 
         @app.post("/<shop>/admin/oauth/access_token")
         def access_token(shop: str) -> Any:
+            gate = self.token_gate
+            if gate is not None:
+                with self._lock:
+                    self.token_waiting += 1
+                gate.wait(30)
             body = request.get_json(silent=True) or request.form.to_dict()
             if (
                 body.get("client_id") != self.api_key
@@ -464,14 +477,15 @@ class FakeShopify:
                 ],
                 "extensions": {"cost": self._cost(requested, None, shop)},
             }
-        found = sorted(
-            (
-                n
-                for n in self.orders.get(shop, {}).values()
-                if _matches(n, str(variables.get("query") or ""))
-            ),
-            key=lambda n: (n["updatedAt"], int(n["legacyResourceId"])),
-        )
+        search = str(variables.get("query") or "")
+        key = (shop, search, len(self.orders.get(shop, {})), self._version)
+        if self._found_key != key:  # pages of one sweep share the search's result
+            self._found = sorted(
+                (n for n in self.orders.get(shop, {}).values() if _matches(n, search)),
+                key=lambda n: (n["updatedAt"], int(n["legacyResourceId"])),
+            )
+            self._found_key = key
+        found = self._found
         start = int(variables.get("after") or 0)
         page = found[start : start + first]
         more = start + first < len(found)
