@@ -294,6 +294,21 @@ def test_a_shopify_refund_after_payment_does_not_lower_the_purchase() -> None:
     assert [{"id": "111", "quantity": 2, "item_price": 60.0}] == contents(event)
 
 
+def test_a_shopify_order_cancelled_after_payment_counts_what_was_paid() -> None:
+    """Cancelling removes every line (current_quantity 0, current total 0): read as created."""
+    order = shopify_order(
+        8102,
+        lines=[(1, 11, 111, 2, 0, "60.00")],
+        total="120.00",
+        current_total="0.00",
+        financial_status="paid",
+        cancelled_at="2026-07-01T10:00:00Z",
+    )
+    event = purchase(shopify("orders/paid", order))
+    assert Decimal("120.00") == event.custom_data.value
+    assert [{"id": "111", "quantity": 2, "item_price": 60.0}] == contents(event)
+
+
 def test_a_woocommerce_order_edited_before_payment_counts_what_is_paid() -> None:
     """WooCommerce rewrites the lines and total of an edited order: they are read as they are."""
     order = woo_order(8200, lines=[(11, 0, 1, "60.00")], total="60.00")

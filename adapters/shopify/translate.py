@@ -43,7 +43,8 @@ shipping included). An order edited before it was paid counts what the shopper p
 ``current_total_price_set`` and each line's ``current_quantity`` (a removed line has
 ``current_quantity`` 0 and is left out). A refund after payment does not lower the
 Purchase: for an order with refunds, refunded quantities are added back and the total is
-``total_price_set``.
+``total_price_set``. A cancelled order (counted when it was paid, see ``refunded_orders``)
+is read as created: cancelling removes every line whether or not the money went back.
 
 With ``content_id`` ``product`` the ids name products, which Meta's ``custom_data``
 reference calls product groups: ``content_type`` is ``product_group``; otherwise
@@ -80,7 +81,8 @@ page, ``abandoned_checkout_url`` without its query and ``/recover`` suffix. With
 them, the shop's storefront ``https://<shop>/``.
 
 Skipped with a reason: test orders unless the connection is in test mode, orders from an
-excluded channel (``excluded_channels``), orders cancelled before they were paid, unpaid orders at ``orders/create`` (by default),
+excluded channel (``excluded_channels``), refunded or cancelled orders when
+``refunded_orders`` is ``skip``, orders cancelled before they were paid, unpaid orders at ``orders/create`` (by default),
 ``checkouts/update`` before the checkout has an email or phone, and anything without a
 single customer identifier.
 """
@@ -358,7 +360,9 @@ class _Prices:
         # refund lowers the current total too, but not what the Purchase was worth.
         field = (
             "current_total_price"
-            if "current_total_price_set" in resource and not _refunds(resource)
+            if "current_total_price_set" in resource
+            and _reads_current(resource)
+            and not _refunds(resource)
             else "total_price"
         )
         bag = mapping(mapping(resource.get(f"{field}_set")).get("presentment_money"))
@@ -442,9 +446,14 @@ def _contents(
     merged: dict[tuple[str, Decimal | None], int] = {}
     num_items = 0
     refunded = _refunded_quantities(resource)
+    current = _reads_current(resource)
     for line in items(resource.get("line_items")):
         line = mapping(line)
-        count = _line_quantity(line, refunded)
+        count = (
+            _line_quantity(line, refunded)
+            if current
+            else quantity(line.get("quantity"))
+        )
         if count is None:
             continue
         num_items += count
@@ -469,6 +478,15 @@ def _line_quantity(line: Mapping[str, Any], refunded: Mapping[str, int]) -> int 
         return quantity(line.get("quantity"))
     line_id = topics.shopify_id(line.get("id"))
     return quantity(current + (refunded.get(line_id, 0) if line_id else 0))
+
+
+def _reads_current(resource: Mapping[str, Any]) -> bool:
+    """Whether the current amounts are the paid ones: not after a cancellation.
+
+    Cancelling an order removes its lines (``current_quantity`` 0, a current total of 0)
+    whether or not the money went back; the amounts at creation are then the ones paid.
+    """
+    return not resource.get("cancelled_at")
 
 
 def _refunds(resource: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector.errors import NotFoundError, OAuthStateError
-from connector.events import INITIATE_CHECKOUT, CanonicalEvent
+from connector.events import INITIATE_CHECKOUT, PURCHASE, CanonicalEvent
 from connector.quality import key_mask
 from connector.store.models import (
     Connection,
@@ -130,18 +130,38 @@ _RECORD_DELIVERY_PG = text(
         RETURNING event_name, event_id
     ), u AS (
         UPDATE events AS ev SET payload = x.payload, event_time = x.event_time,
-            customer_ref = COALESCE(x.customer_ref, ev.customer_ref)
+            customer_ref = COALESCE(x.customer_ref, ev.customer_ref), match_keys = x.match_keys
         FROM jsonb_to_recordset(CAST(:refresh AS jsonb)) AS x(event_name text, event_id text,
-            event_time timestamptz, payload json, customer_ref text, richness int)
+            event_time timestamptz, payload json, customer_ref text, richness int,
+            match_keys integer)
         WHERE EXISTS (SELECT 1 FROM r)
             AND ev.connection_id = :connection_id AND ev.event_name = x.event_name
             AND ev.event_id = x.event_id AND ev.status = 'pending' AND ev.lease_owner IS NULL
             AND ev.attempts = 0 AND ev.send_count = 0
             AND (SELECT count(*) FROM json_object_keys(ev.payload -> 'user_data')) <= x.richness
         RETURNING ev.id
+    ), e2 AS (
+        INSERT INTO events (connection_id, event_name, event_id, event_time, payload, status,
+            attempts, send_count, next_attempt_at, created_at, order_ref, customer_ref,
+            match_keys)
+        SELECT :connection_id, x.event_name, x.order_ref, x.event_time,
+            CAST(CAST(x.payload AS jsonb) || jsonb_build_object('event_id', x.order_ref) AS json),
+            'pending', 0, 0, :received_at, :received_at, x.order_ref, x.customer_ref,
+            x.match_keys
+        FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS x(event_name text, event_id text,
+            event_time timestamptz, payload json, order_ref text, customer_ref text,
+            match_keys integer)
+        WHERE EXISTS (SELECT 1 FROM r) AND x.event_name = :purchase
+            AND x.order_ref IS NOT NULL AND x.event_id <> x.order_ref
+            AND EXISTS (SELECT 1 FROM events AS taken WHERE taken.connection_id = :connection_id
+                AND taken.event_name = x.event_name AND taken.event_id = x.event_id
+                AND taken.order_ref IS DISTINCT FROM x.order_ref)
+        ON CONFLICT DO NOTHING
+        RETURNING event_name, event_id
     )
-    SELECT (SELECT id FROM r), (SELECT count(*) FROM u), e.event_name, e.event_id
-    FROM (SELECT 1) AS one LEFT JOIN e ON true
+    SELECT (SELECT id FROM r), (SELECT count(*) FROM u), a.event_name, a.event_id
+    FROM (SELECT 1) AS one
+    LEFT JOIN (SELECT * FROM e UNION ALL SELECT * FROM e2) AS a ON true
     """
 )
 
@@ -150,7 +170,7 @@ _RECORD_DELIVERY_PG = text(
 _REFRESH_SQLITE = text(
     """
     UPDATE events SET payload = :payload, event_time = :event_time,
-        customer_ref = COALESCE(:customer_ref, customer_ref)
+        customer_ref = COALESCE(:customer_ref, customer_ref), match_keys = :match_keys
     WHERE connection_id = :connection_id AND event_name = :event_name
         AND event_id = :event_id AND status = 'pending' AND lease_owner IS NULL
         AND attempts = 0 AND send_count = 0
@@ -161,6 +181,44 @@ _REFRESH_SQLITE = text(
     bindparam("payload", type_=JsonDict),
     bindparam("event_time", type_=UTCDateTime()),
 )
+
+
+# The id another order already holds: the guard of _RECORD_DELIVERY_PG's ``e2`` on SQLite.
+_TAKEN_BY = text(
+    """
+    SELECT order_ref FROM events
+    WHERE connection_id = :connection_id AND event_name = :event_name AND event_id = :event_id
+    """
+)
+
+
+def _own_id(event: CanonicalEvent) -> CanonicalEvent | None:
+    """The Purchase under its order's own id, when its event id may be one copied from another.
+
+    Plugins copy order meta between orders (an ``_meta_event_id`` onto renewals and re-orders):
+    an event id another order already holds must never merge two orders, so the later order
+    is recorded under its own order id instead.
+    """
+    if (
+        event.event_name != PURCHASE
+        or event.order_ref is None
+        or event.order_ref == event.event_id
+    ):
+        return None
+    return event.replace(event_id=event.order_ref)
+
+
+def _new_events(
+    events: Sequence[CanonicalEvent], added: set[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    rv: list[tuple[str, str]] = []
+    for ev in events:
+        own = _own_id(ev)
+        if (ev.event_name, ev.event_id) in added:
+            rv.append((ev.event_name, ev.event_id))
+        elif own is not None and (own.event_name, own.event_id) in added:
+            rv.append((own.event_name, own.event_id))
+    return rv
 
 
 def _richness(event: CanonicalEvent) -> int:
@@ -209,6 +267,7 @@ def _record_delivery_pg(
                     for ev in events
                 ]
             ),
+            "purchase": PURCHASE,
             "refresh": json.dumps(
                 [
                     {
@@ -218,6 +277,7 @@ def _record_delivery_pg(
                         "payload": ev.to_meta(),
                         "customer_ref": ev.customer_ref,
                         "richness": _richness(ev),
+                        "match_keys": key_mask(ev.user_data),
                     }
                     for ev in events
                     if ev.event_name in REFRESHABLE_EVENTS
@@ -230,17 +290,39 @@ def _record_delivery_pg(
         return Accepted(duplicate_delivery=True)
     refreshed = int(rows[0][1] or 0)
     added = {(name, event_id) for _, _, name, event_id in rows if name is not None}
-    new = [
-        (ev.event_name, ev.event_id)
-        for ev in events
-        if (ev.event_name, ev.event_id) in added
-    ]
+    new = _new_events(events, added)
     return Accepted(
         duplicate_delivery=False,
         receipt_id=int(receipt_id),
         new_events=new,
         refreshed_events=refreshed,
     )
+
+
+def _outbox_row(
+    receipt: ReceiptIn, ev: CanonicalEvent, now: datetime
+) -> dict[str, Any]:
+    return {
+        "connection_id": receipt.connection_id,
+        "event_name": ev.event_name,
+        "event_id": ev.event_id,
+        "event_time": ev.event_time,
+        "payload": ev.to_meta(),
+        "status": EventStatus.PENDING.value,
+        "attempts": 0,
+        "send_count": 0,
+        "next_attempt_at": now,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "last_error": None,
+        "events_received": None,
+        "fbtrace_id": None,
+        "sent_at": None,
+        "created_at": now,
+        "order_ref": ev.order_ref,
+        "customer_ref": ev.customer_ref,
+        "match_keys": key_mask(ev.user_data),
+    }
 
 
 def record_delivery(
@@ -256,7 +338,9 @@ def record_delivery(
     so it is atomic on an autocommit connection too. An event of :data:`REFRESHABLE_EVENTS`
     already in the outbox and still untouched (pending, never leased or tried) takes the new
     delivery's payload when it carries at least as many customer information keys; an event
-    sent, being sent or tried keeps what it had, so nothing is sent twice.
+    sent, being sent or tried keeps what it had, so nothing is sent twice. A Purchase whose
+    event id another order already holds is recorded under its own order id (see
+    :func:`_own_id`): a copied id never merges two orders.
     """
     now = now or utcnow()
     dialect = _dialect(session)
@@ -283,40 +367,29 @@ def record_delivery(
                         "event_name": ev.event_name,
                         "event_id": ev.event_id,
                         "richness": _richness(ev),
+                        "match_keys": key_mask(ev.user_data),
                     },
                 ).all()
             )
-    rows = [
-        {
-            "connection_id": receipt.connection_id,
-            "event_name": ev.event_name,
-            "event_id": ev.event_id,
-            "event_time": ev.event_time,
-            "payload": ev.to_meta(),
-            "status": EventStatus.PENDING.value,
-            "attempts": 0,
-            "send_count": 0,
-            "next_attempt_at": now,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "last_error": None,
-            "events_received": None,
-            "fbtrace_id": None,
-            "sent_at": None,
-            "created_at": now,
-            "order_ref": ev.order_ref,
-            "customer_ref": ev.customer_ref,
-            "match_keys": key_mask(ev.user_data),
-        }
-        for ev in events
-    ]
+    rows = [_outbox_row(receipt, ev, now) for ev in events]
     inserted = session.execute(add_events, rows).all()
     added = {(name, event_id) for name, event_id in inserted}
-    new = [
-        (ev.event_name, ev.event_id)
-        for ev in events
-        if (ev.event_name, ev.event_id) in added
-    ]
+    for ev in events:
+        own = _own_id(ev)
+        if own is None or (ev.event_name, ev.event_id) in added:
+            continue
+        holder = session.execute(
+            _TAKEN_BY,
+            {
+                "connection_id": receipt.connection_id,
+                "event_name": ev.event_name,
+                "event_id": ev.event_id,
+            },
+        ).first()
+        if holder is not None and holder[0] != ev.order_ref:
+            again = session.execute(add_events, [_outbox_row(receipt, own, now)]).all()
+            added.update((name, event_id) for name, event_id in again)
+    new = _new_events(events, added)
     return Accepted(
         duplicate_delivery=False,
         receipt_id=int(receipt_row[0]),
