@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Final
 
 from connector.events import PURCHASE, UserData
@@ -88,6 +89,7 @@ ESTIMATE_WEIGHTS: Final[tuple[tuple[str, tuple[str, ...], float], ...]] = (
 _NAME_AND_ADDRESS_MIN: Final = 2
 
 
+@cache  # at most 2**15 masks
 def estimate(mask: int) -> float:
     """OUR ESTIMATE of an event's match strength, 0.0-10.0, from the keys it carried.
 
@@ -144,15 +146,23 @@ class Coverage:
 
 def aggregate(masks: Iterable[int]) -> tuple[int, dict[str, int], int]:
     """``(events, {key: events carrying it}, sum of estimates in tenths)`` over some masks."""
+    tally: dict[int, int] = {}
+    for mask in masks:
+        tally[mask] = tally.get(mask, 0) + 1
+    return aggregate_tally(tally)
+
+
+def aggregate_tally(tally: Mapping[int, int]) -> tuple[int, dict[str, int], int]:
+    """:func:`aggregate` over ``{mask: how many events had it}`` (at most 2**15 masks)."""
     events = 0
     counts = dict.fromkeys(MATCH_KEYS, 0)
     tenths = 0
-    for mask in masks:
-        events += 1
+    for mask, n in tally.items():
+        events += n
         for key, b in _BIT.items():
             if mask & b:
-                counts[key] += 1
-        tenths += round(estimate(mask) * 10)
+                counts[key] += n
+        tenths += round(estimate(mask) * 10) * n
     return events, counts, tenths
 
 
