@@ -301,7 +301,7 @@ _EVENT_ID_RULE: Final = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class Warning:
+class DedupWarning:
     """A connection-level warning for a dashboard: what is wrong and what to change."""
 
     kind: str  # "dedup_event_id_missing" | "dedup_event_id_mismatch" | "other_server_sender"
@@ -309,7 +309,7 @@ class Warning:
     message: str
 
 
-def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
+def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[DedupWarning]:
     """What Meta's deduplication feedback says is wrong, per event name, with the fix.
 
     Meta deduplicates a browser event against a server event with the same ``event_name``
@@ -322,7 +322,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
     * fewer server events carry ``event_id`` than ours all do: another integration also
       sends this event server-side, and Meta may count it twice.
     """
-    rv: list[Warning] = []
+    rv: list[DedupWarning] = []
     for q in events:
         feedback = q.dedupe.get("event_id")
         if not feedback:
@@ -338,7 +338,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
         )
         if browser is not None and browser < DEDUP_MIN_OVERALL:
             rv.append(
-                Warning(
+                DedupWarning(
                     kind="dedup_event_id_missing",
                     event_name=q.event_name,
                     message=(
@@ -350,7 +350,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
             )
         elif overall is not None and overall < DEDUP_MIN_OVERALL:
             rv.append(
-                Warning(
+                DedupWarning(
                     kind="dedup_event_id_mismatch",
                     event_name=q.event_name,
                     message=(
@@ -362,7 +362,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
             )
         if server is not None and server < SERVER_EVENT_ID_MIN:
             rv.append(
-                Warning(
+                DedupWarning(
                     kind="other_server_sender",
                     event_name=q.event_name,
                     message=(
@@ -431,7 +431,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         by_name = {e["event_name"]: e for e in events}
         width = max(len(n) for n in names)
         width = max(width, 8)
-        label_width = max(len(v) for v in _KEY_LABELS.values()) + 2
+        label_width = len("our estimate (0-10)*") + 2
         head = "match key".ljust(label_width) + "".join(
             n.rjust(width + 2) for n in names
         )

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector import quality
-from connector.quality import Coverage, MetaEventQuality, Warning
+from connector.quality import Coverage, DedupWarning, MetaEventQuality
 from connector.store.models import (
     Connection,
     ConnectionStatus,
@@ -344,7 +344,10 @@ def save_meta_scores(
 
 
 def set_warnings(
-    session: Session, connection_id: str, warnings: Sequence[Warning], now: datetime
+    session: Session,
+    connection_id: str,
+    warnings: Sequence[DedupWarning],
+    now: datetime,
 ) -> None:
     """Make ``warnings`` the connection's active ones: new ones raised, gone ones cleared."""
     current = {
