@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Final
 
 from connector.events import PURCHASE, UserData
@@ -88,6 +89,7 @@ ESTIMATE_WEIGHTS: Final[tuple[tuple[str, tuple[str, ...], float], ...]] = (
 _NAME_AND_ADDRESS_MIN: Final = 2
 
 
+@cache  # at most 2**15 masks
 def estimate(mask: int) -> float:
     """OUR ESTIMATE of an event's match strength, 0.0-10.0, from the keys it carried.
 
@@ -144,15 +146,23 @@ class Coverage:
 
 def aggregate(masks: Iterable[int]) -> tuple[int, dict[str, int], int]:
     """``(events, {key: events carrying it}, sum of estimates in tenths)`` over some masks."""
+    tally: dict[int, int] = {}
+    for mask in masks:
+        tally[mask] = tally.get(mask, 0) + 1
+    return aggregate_tally(tally)
+
+
+def aggregate_tally(tally: Mapping[int, int]) -> tuple[int, dict[str, int], int]:
+    """:func:`aggregate` over ``{mask: how many events had it}`` (at most 2**15 masks)."""
     events = 0
     counts = dict.fromkeys(MATCH_KEYS, 0)
     tenths = 0
-    for mask in masks:
-        events += 1
+    for mask, n in tally.items():
+        events += n
         for key, b in _BIT.items():
             if mask & b:
-                counts[key] += 1
-        tenths += round(estimate(mask) * 10)
+                counts[key] += n
+        tenths += round(estimate(mask) * 10) * n
     return events, counts, tenths
 
 
@@ -291,7 +301,7 @@ _EVENT_ID_RULE: Final = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class Warning:
+class DedupWarning:
     """A connection-level warning for a dashboard: what is wrong and what to change."""
 
     kind: str  # "dedup_event_id_missing" | "dedup_event_id_mismatch" | "other_server_sender"
@@ -299,7 +309,7 @@ class Warning:
     message: str
 
 
-def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
+def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[DedupWarning]:
     """What Meta's deduplication feedback says is wrong, per event name, with the fix.
 
     Meta deduplicates a browser event against a server event with the same ``event_name``
@@ -312,7 +322,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
     * fewer server events carry ``event_id`` than ours all do: another integration also
       sends this event server-side, and Meta may count it twice.
     """
-    rv: list[Warning] = []
+    rv: list[DedupWarning] = []
     for q in events:
         feedback = q.dedupe.get("event_id")
         if not feedback:
@@ -328,7 +338,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
         )
         if browser is not None and browser < DEDUP_MIN_OVERALL:
             rv.append(
-                Warning(
+                DedupWarning(
                     kind="dedup_event_id_missing",
                     event_name=q.event_name,
                     message=(
@@ -340,7 +350,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
             )
         elif overall is not None and overall < DEDUP_MIN_OVERALL:
             rv.append(
-                Warning(
+                DedupWarning(
                     kind="dedup_event_id_mismatch",
                     event_name=q.event_name,
                     message=(
@@ -352,7 +362,7 @@ def dedup_warnings(events: Sequence[MetaEventQuality]) -> list[Warning]:
             )
         if server is not None and server < SERVER_EVENT_ID_MIN:
             rv.append(
-                Warning(
+                DedupWarning(
                     kind="other_server_sender",
                     event_name=q.event_name,
                     message=(
@@ -421,7 +431,7 @@ def render_report(report: Mapping[str, Any]) -> str:
         by_name = {e["event_name"]: e for e in events}
         width = max(len(n) for n in names)
         width = max(width, 8)
-        label_width = max(len(v) for v in _KEY_LABELS.values()) + 2
+        label_width = len("our estimate (0-10)*") + 2
         head = "match key".ljust(label_width) + "".join(
             n.rjust(width + 2) for n in names
         )

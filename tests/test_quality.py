@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from adapters.shopify import adapter as shopify
@@ -80,6 +82,16 @@ def test_our_estimate_weighs_what_meta_ranks_first(
     """Our 0-10 estimate: email 3, phone 2, fbc 1.5, external id 1, fbp 1, IP+UA 1, names 0.5."""
     mask = sum(quality.bit(k) for k in keys)
     assert expected == quality.estimate(mask)
+
+
+@given(st.integers(0, 2**15 - 1), st.sampled_from(quality.MATCH_KEYS))
+def test_sending_one_more_key_never_lowers_our_estimate(mask: int, key: str) -> None:
+    """Our estimate only grows with keys, and stays within 0-10."""
+    more = mask | quality.bit(key)
+    assert 0.0 <= quality.estimate(mask) <= quality.estimate(more) <= 10.0
+    assert quality.keys_in(more) == [
+        k for k in quality.MATCH_KEYS if k in {*quality.keys_in(mask), key}
+    ]
 
 
 def test_improvements_name_the_biggest_gaps_first() -> None:

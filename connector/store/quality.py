@@ -6,18 +6,19 @@ Small query functions a dashboard page or the CLI calls; the rules live in conne
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Date, Table, delete, func, select
+from sqlalchemy import cast as sa_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from connector import quality
-from connector.quality import Coverage, MetaEventQuality, Warning
+from connector.quality import Coverage, DedupWarning, MetaEventQuality
 from connector.store.models import (
     Connection,
     ConnectionStatus,
@@ -37,6 +38,11 @@ def _start(day: date) -> datetime:
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
+def _as_date(value: Any) -> date:
+    # PostgreSQL answers a date, SQLite's date() a "YYYY-MM-DD" string.
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
 # -- coverage -------------------------------------------------------------------------------
 
 
@@ -54,37 +60,48 @@ def refresh_coverage(
     Rows of those days are replaced; returns how many aggregate rows were written.
     """
     start, end = _start(since), _start(until + timedelta(days=1))
-    query = select(
-        Event.id, Event.connection_id, Event.event_name, Event.sent_at, Event.match_keys
-    ).where(
+    dialect = session.get_bind().dialect.name
+    # The UTC day in SQL, so the database groups and only a few rows come back.
+    day_of = (
+        sa_cast(func.timezone("UTC", Event.sent_at), Date)
+        if dialect == "postgresql"
+        else func.date(Event.sent_at)  # SQLite keeps naive UTC
+    )
+    where = [
         Event.status == EventStatus.SENT,
         Event.sent_at >= start,
         Event.sent_at < end,
-    )
+    ]
     if connection_id is not None:
-        query = query.where(Event.connection_id == connection_id)
-    masks: dict[tuple[str, date, str], list[int]] = defaultdict(list)
-    unmasked: list[tuple[int, tuple[str, date, str]]] = []
-    for row in session.execute(query.execution_options(yield_per=2000)):
-        key = (row.connection_id, row.sent_at.astimezone(UTC).date(), row.event_name)
-        if row.match_keys is None:
-            unmasked.append((row.id, key))
-        else:
-            masks[key].append(row.match_keys)
+        where.append(Event.connection_id == connection_id)
+    grouped = (
+        select(
+            Event.connection_id,
+            Event.event_name,
+            day_of.label("day"),
+            Event.match_keys,
+            func.count().label("n"),
+        )
+        .where(*where, Event.match_keys.is_not(None))
+        .group_by(Event.connection_id, Event.event_name, day_of, Event.match_keys)
+    )
+    masks: dict[tuple[str, date, str], Counter[int]] = defaultdict(Counter)
+    for row in session.execute(grouped):
+        key = (row.connection_id, _as_date(row.day), row.event_name)
+        masks[key][row.match_keys] += int(row.n)
     # Events recorded before match_keys existed: read their keys from the stored payload.
-    for i in range(0, len(unmasked), 500):
-        chunk = dict(unmasked[i : i + 500])
-        for event_id, payload in session.execute(
-            select(Event.id, Event.payload).where(Event.id.in_(chunk))
-        ):
-            masks[chunk[event_id]].append(
-                quality.key_mask((payload or {}).get("user_data") or {})
-            )
+    legacy = (
+        select(Event.connection_id, Event.event_name, Event.sent_at, Event.payload)
+        .where(*where, Event.match_keys.is_(None))
+        .execution_options(yield_per=500)
+    )
+    for row in session.execute(legacy):
+        key = (row.connection_id, row.sent_at.astimezone(UTC).date(), row.event_name)
+        masks[key][quality.key_mask((row.payload or {}).get("user_data") or {})] += 1
     table = cast(Table, MatchCoverageDaily.__table__)
-    dialect = session.get_bind().dialect.name
     insert: Any = postgresql.insert if dialect == "postgresql" else sqlite.insert
     for (conn_id, day, name), values in masks.items():
-        events, counts, tenths = quality.aggregate(values)
+        events, counts, tenths = quality.aggregate_tally(values)
         fields = {
             "connection_id": conn_id,
             "day": day,
@@ -327,7 +344,10 @@ def save_meta_scores(
 
 
 def set_warnings(
-    session: Session, connection_id: str, warnings: Sequence[Warning], now: datetime
+    session: Session,
+    connection_id: str,
+    warnings: Sequence[DedupWarning],
+    now: datetime,
 ) -> None:
     """Make ``warnings`` the connection's active ones: new ones raised, gone ones cleared."""
     current = {
