@@ -476,24 +476,21 @@ def render_store_overview(connection_id: str, *, mode: str) -> Response:
     return render_overview(viewer, _connection(connection_id))
 
 
-def render_connections(
-    conns: list[Connection], counts: dict[tuple[str, str], int]
-) -> str:
+def render_connections(stores: list[q.StoreRow]) -> str:
     """The operator's list of every connection with its state in plain words."""
     viewer = Viewer(operator=True)
     rows = [
         {
-            "conn": c,
-            "name": views.store_name(c),
+            "conn": r.conn,
+            "name": views.store_name(r.conn),
             "state": views.connection_state(
-                c, meta_connect_url=None, settings_url="", operator=True
+                r.conn, meta_connect_url=None, settings_url="", operator=True
             ),
-            "counts": {
-                s: counts.get((c.id, s), 0) for s in ("pending", "held", "sent", "dead")
-            },
-            "url": url_for("dashboard.overview", connection_id=c.id),
+            "counts": r.open_counts,
+            "last_delivered_at": r.last_delivered_at,
+            "url": url_for("dashboard.overview", connection_id=r.conn.id),
         }
-        for c in conns
+        for r in stores
     ]
     return render_template(
         "dashboard/connections.html",
