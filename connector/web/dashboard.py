@@ -405,10 +405,15 @@ def settings(connection_id: str) -> Response:
                 q.set_test_event_code(s, row, None)
                 done = "live"
             elif action == "test_mode":
-                try:
-                    q.set_test_event_code(s, row, request.form.get("test_event_code"))
-                except ValueError as exc:
-                    problems.append(str(exc))
+                code = (request.form.get("test_event_code") or "").strip()
+                if not code:
+                    problems.append(
+                        "Enter the test event code from Meta's Events Manager."
+                    )
+                elif len(code) > 64:
+                    problems.append("A test event code is at most 64 characters.")
+                else:
+                    q.set_test_event_code(s, row, code)
                 done = "test"
             else:
                 new = views.apply_settings_form(
@@ -421,8 +426,6 @@ def settings(connection_id: str) -> Response:
                 if not problems:
                     row.settings = new
                 done = "saved"
-            if problems:
-                s.rollback()
         if not problems:
             return redirect(  # type: ignore[return-value]
                 _page_url(viewer, conn.id, "settings", done=done), 303
