@@ -573,3 +573,25 @@ def test_an_unconfigured_meta_sign_in_names_no_setting_in_a_browser(
     page = text(rv)
     assert "<h1>Not available here</h1>" in page
     assert "Config" not in page
+
+
+@pytest.mark.parametrize("code", ["", "   ", "X" * 65])
+def test_test_mode_needs_a_real_code(
+    client: Any, runtime: Runtime, settings: Settings, code: str
+) -> None:
+    """An empty or over-long code is refused: it never silently goes live or breaks."""
+    conn_id = add(runtime, test_event_code="TEST42")
+    token = link(settings, conn_id).split("t=", 1)[1]
+    url = f"/admin/connections/{conn_id}/settings"
+    page = text(client.get(f"{url}?t={token}"))
+    rv = client.post(
+        url,
+        data={
+            "t": token,
+            "action": "test_mode",
+            "test_event_code": code,
+            "csrf_token": csrf(page),
+        },
+    )
+    assert 400 == rv.status_code
+    assert "TEST42" == connection(runtime, conn_id).test_event_code

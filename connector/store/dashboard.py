@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy import Select, case, cast, func, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from connector.retry import check_event_time
@@ -422,7 +423,7 @@ def key_coverage(
     rv: list[KeyCoverage] = []
     for name in sorted(names):
         sample = (
-            select(Event.created_at, Event.payload)
+            select(Event.created_at, _user_data(pg).label("user_data"))
             .where(
                 Event.connection_id == connection_id,
                 Event.event_name == name,
@@ -433,7 +434,7 @@ def key_coverage(
             .subquery()
         )
         day = _day_of(sample.c.created_at, pg)
-        has = {k: _has_key(sample.c.payload, k, pg) for k in MATCH_KEYS}
+        has = {k: _has_key(sample.c.user_data, k, pg) for k in MATCH_KEYS}
         contact = or_(has["em"], has["ph"])
         rows = session.execute(
             select(
@@ -454,11 +455,18 @@ def _day_of(column: Any, pg: bool) -> Any:
     return func.date(func.timezone("UTC", column)) if pg else func.date(column)
 
 
-def _has_key(payload: Any, key: str, pg: bool) -> Any:
-    """SQL: the stored event's user_data carries ``key`` (a constant from MATCH_KEYS)."""
+def _user_data(pg: bool) -> Any:
+    # PostgreSQL re-parses a json value at every operator: parse user_data once, as jsonb.
     if pg:
-        return func.json_extract_path(payload, "user_data", key).is_not(None)
-    return func.json_extract(payload, f"$.user_data.{key}").is_not(None)
+        return cast(func.json_extract_path(Event.payload, "user_data"), JSONB)
+    return func.json_extract(Event.payload, "$.user_data")
+
+
+def _has_key(user_data: Any, key: str, pg: bool) -> Any:
+    """SQL: an event's user_data carries ``key`` (a constant from MATCH_KEYS)."""
+    if pg:
+        return user_data.op("?")(key)
+    return func.json_extract(user_data, f"$.{key}").is_not(None)
 
 
 def _coverage(name: str, rows: Sequence[Any]) -> KeyCoverage:
@@ -474,3 +482,53 @@ def _coverage(name: str, rows: Sequence[Any]) -> KeyCoverage:
             if r[1]
         ],
     )
+
+
+#: the statuses the operator's list counts: small populations, read through their index
+OPEN_STATUSES: Final = (
+    EventStatus.PENDING,
+    EventStatus.SENDING,
+    EventStatus.HELD,
+    EventStatus.DEAD,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreRow:
+    conn: Connection
+    open_counts: dict[str, int]
+    last_delivered_at: datetime | None
+
+
+def store_list(session: Session, *, limit: int = 500) -> list[StoreRow]:
+    """Every connection (oldest first, at most ``limit``) with its waiting, held and dead counts.
+
+    Delivered events are not counted here (they are most of the table): each store's last
+    delivery comes from its ``(connection_id, sent_at)`` index instead.
+    """
+    last_sent = (
+        select(func.max(Event.sent_at))
+        .where(Event.connection_id == Connection.id)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(Connection, last_sent).order_by(Connection.created_at).limit(limit)
+    ).all()
+    counts: dict[tuple[str, str], int] = {
+        (cid, str(status)): int(n)
+        for cid, status, n in session.execute(
+            select(Event.connection_id, Event.status, func.count())
+            .where(Event.status.in_([str(s) for s in OPEN_STATUSES]))
+            .group_by(Event.connection_id, Event.status)
+        )
+    }
+    return [
+        StoreRow(
+            conn=conn,
+            open_counts={
+                str(s): counts.get((conn.id, str(s)), 0) for s in OPEN_STATUSES
+            },
+            last_delivered_at=sent,
+        )
+        for conn, sent in rows
+    ]

@@ -5,11 +5,10 @@ from __future__ import annotations
 import hmac
 
 from flask import Blueprint, Response, current_app, request
-from sqlalchemy import func, select
 from werkzeug.exceptions import TooManyRequests
 
 from connector.errors import NotFoundError
-from connector.store.models import Connection, Event
+from connector.store.dashboard import store_list
 from connector.web import get_runtime
 from connector.web.dashboard import render_connections
 from connector.web.login_throttle import LoginThrottle
@@ -65,16 +64,6 @@ def index() -> Response:
             {"WWW-Authenticate": 'Basic realm="connector"'},
         )
     with get_runtime().sessions() as session:
-        conns = list(
-            session.scalars(select(Connection).order_by(Connection.created_at))
-        )
-        counts: dict[tuple[str, str], int] = {
-            (cid, status): int(n)
-            for cid, status, n in session.execute(
-                select(Event.connection_id, Event.status, func.count()).group_by(
-                    Event.connection_id, Event.status
-                )
-            )
-        }
-    page = render_connections(conns, counts)
+        stores = store_list(session)
+    page = render_connections(stores)
     return Response(page, mimetype="text/html")

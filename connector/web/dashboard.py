@@ -405,10 +405,15 @@ def settings(connection_id: str) -> Response:
                 q.set_test_event_code(s, row, None)
                 done = "live"
             elif action == "test_mode":
-                try:
-                    q.set_test_event_code(s, row, request.form.get("test_event_code"))
-                except ValueError as exc:
-                    problems.append(str(exc))
+                code = (request.form.get("test_event_code") or "").strip()
+                if not code:
+                    problems.append(
+                        "Enter the test event code from Meta's Events Manager."
+                    )
+                elif len(code) > 64:
+                    problems.append("A test event code is at most 64 characters.")
+                else:
+                    q.set_test_event_code(s, row, code)
                 done = "test"
             else:
                 new = views.apply_settings_form(
@@ -421,8 +426,6 @@ def settings(connection_id: str) -> Response:
                 if not problems:
                     row.settings = new
                 done = "saved"
-            if problems:
-                s.rollback()
         if not problems:
             return redirect(  # type: ignore[return-value]
                 _page_url(viewer, conn.id, "settings", done=done), 303
@@ -476,24 +479,21 @@ def render_store_overview(connection_id: str, *, mode: str) -> Response:
     return render_overview(viewer, _connection(connection_id))
 
 
-def render_connections(
-    conns: list[Connection], counts: dict[tuple[str, str], int]
-) -> str:
+def render_connections(stores: list[q.StoreRow]) -> str:
     """The operator's list of every connection with its state in plain words."""
     viewer = Viewer(operator=True)
     rows = [
         {
-            "conn": c,
-            "name": views.store_name(c),
+            "conn": r.conn,
+            "name": views.store_name(r.conn),
             "state": views.connection_state(
-                c, meta_connect_url=None, settings_url="", operator=True
+                r.conn, meta_connect_url=None, settings_url="", operator=True
             ),
-            "counts": {
-                s: counts.get((c.id, s), 0) for s in ("pending", "held", "sent", "dead")
-            },
-            "url": url_for("dashboard.overview", connection_id=c.id),
+            "counts": r.open_counts,
+            "last_delivered_at": r.last_delivered_at,
+            "url": url_for("dashboard.overview", connection_id=r.conn.id),
         }
-        for c in conns
+        for r in stores
     ]
     return render_template(
         "dashboard/connections.html",

@@ -54,13 +54,11 @@ KEY_NAMES: Final = {
 
 #: why an event was not delivered, by its reason's kind, in a store owner's words
 REASONS: Final = {
-    "too_old": "Older than Meta accepts (7 days), so Meta would refuse it.",
+    # the kinds the worker writes first in last_error (connector.retry.Dead, holds)
     "invalid": "Meta refused the event as invalid.",
-    "held": "Waiting until Meta is reconnected.",
-    "rejected": "Meta refused the event.",
-    "unsendable": "The event cannot be sent as it is.",
-    "permanent": "Meta refused the event for good.",
-    "exhausted": "Meta kept failing; the connector stopped trying.",
+    "too_old": "Older than Meta accepts (7 days), so Meta would refuse it.",
+    "future": "Dated in the future, so Meta would refuse it.",
+    "held": "Held until Meta can receive it again (see the state on the overview).",
 }
 
 
