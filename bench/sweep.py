@@ -24,6 +24,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from connector.outbound import AddressPolicy
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -82,7 +84,11 @@ def throttle(count: int) -> None:
     started = time.monotonic()
     try:
         admin = admin_api.ShopifyAdmin(
-            api_key="k", api_secret="s", url_template=server.url + "/{shop}", timeout=30
+            api_key="k",
+            api_secret="s",
+            url_template=server.url + "/{shop}",
+            timeout=30,
+            policy=AddressPolicy(allow_loopback=True),
         )
         try:
             for _ in admin_api.iter_orders(

@@ -26,6 +26,7 @@ from adapters.shopify.sweep import rest_shape
 from connector import dispatcher, jobs, sweep
 from connector.cli import cli
 from connector.config import Settings
+from connector.outbound import AddressPolicy
 from connector.platform import PeriodicJob
 from connector.runtime import Runtime
 from connector.store import queries
@@ -471,7 +472,11 @@ def test_the_orders_query_keeps_within_the_cost_throttle(start_level: float) -> 
     server = LiveServer(fake.app()).start()
     try:
         admin = admin_api.ShopifyAdmin(
-            api_key="k", api_secret="s", url_template=server.url + "/{shop}", timeout=10
+            api_key="k",
+            api_secret="s",
+            url_template=server.url + "/{shop}",
+            timeout=10,
+            policy=AddressPolicy(allow_loopback=True),
         )
         nodes = list(
             admin_api.iter_orders(

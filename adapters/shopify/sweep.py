@@ -40,6 +40,7 @@ from adapters.shopify.admin_api import WEBHOOK_TOPICS, ShopifyAdmin, iter_orders
 from adapters.shopify.translate import PAID_STATUSES
 from connector import jobs
 from connector.errors import PlatformError
+from connector.outbound import shopify_policy
 from connector.runtime import Runtime
 from connector.store import queries
 from connector.sweep import FoundOrder, Repair
@@ -161,12 +162,16 @@ def rest_shape(node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _admin(runtime: Runtime) -> ShopifyAdmin:
+    # A shop connected by hand (a custom app's token) is swept without the app's credentials;
+    # the deployment's address policy still decides where its admin may be reached.
     settings = runtime.settings
     return ShopifyAdmin(
         api_key=settings.shopify_api_key or "",
         api_secret=settings.shopify_api_secret or "",
         url_template=settings.shopify_admin_url_template,
         timeout=settings.http_timeout,
+        policy=shopify_policy(settings),
+        resolver=settings.store_resolver,
     )
 
 

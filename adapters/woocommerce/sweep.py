@@ -44,9 +44,7 @@ def _client(runtime: Runtime, connection_id: str) -> tuple[WooCommerceClient, An
         raise PlatformError(
             f"connection {connection_id} holds no WooCommerce REST keys to read orders with"
         )
-    client = WooCommerceClient(
-        store, key, secret, timeout=runtime.settings.http_timeout
-    )
+    client = WooCommerceClient.for_settings(runtime.settings, store, key, secret)
     return client, webhooks
 
 
