@@ -76,11 +76,17 @@ def schema_problem(runtime: Runtime) -> str | None:
             migrate.alembic_config(runtime.settings.database_url)
         ).get_heads()
     )
+    # Reading the version announces Alembic's dialect at INFO: not news on every command.
+    alembic_log = logging.getLogger("alembic.runtime.migration")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)
     try:
         with runtime.engine.connect() as conn:
             current = set(MigrationContext.configure(conn).get_current_heads())
     except SQLAlchemyError as exc:
         return f"cannot read the database at {where}: {_first_line(exc)}"
+    finally:
+        alembic_log.setLevel(level)
     if not current:
         return f"the database at {where} has no tables yet: run `connector db upgrade`"
     if current != heads:

@@ -109,6 +109,8 @@ def host_env(
         META_GRAPH_URL=graph_url,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         PYTHONUNBUFFERED="1",
+        # gunicorn's workers keep their metrics in a folder under it: the test's, not /tmp
+        TMPDIR=str(tmp_path),
     )
     return env
 
