@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import os
 
+from connector.logs import gunicorn_logconfig_dict
+
 bind = f"0.0.0.0:{os.environ.get('PORT') or '8000'}"
 workers = int(os.environ.get("WEB_CONCURRENCY") or 2)
 worker_class = "gevent"
@@ -48,6 +50,12 @@ access_log_format = (
     '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s ua="%(a)s"'
 )
 logger_class = "connector.access_log.RedactingLogger"
+# gunicorn's own lines (access and error) in the app's format: JSON lines in production, with
+# the same redaction; CONNECTOR_LOG_FORMAT overrides, as for every process.
+logconfig_dict = gunicorn_logconfig_dict(
+    os.environ.get("CONNECTOR_LOG_FORMAT")
+    or ("json" if os.environ.get("CONNECTOR_ENV") == "production" else "text")
+)
 # No runtime control socket: a dyno is managed by signals, and none is left in $HOME.
 control_socket_disable = True
 

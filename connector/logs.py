@@ -215,16 +215,10 @@ def gunicorn_logconfig_dict(log_format: str) -> dict[str, Any]:
         "formatters": {"connector": formatter},
         "handlers": {"stdout": handler},
         "root": {"level": "INFO", "handlers": ["stdout"]},
+        # No level on gunicorn's loggers: gunicorn sets them from --log-level before this
+        # dictionary is applied, and a level here would override the operator's choice.
         "loggers": {
-            "gunicorn.error": {
-                "level": "INFO",
-                "handlers": ["stdout"],
-                "propagate": False,
-            },
-            "gunicorn.access": {
-                "level": "INFO",
-                "handlers": ["stdout"],
-                "propagate": False,
-            },
+            "gunicorn.error": {"handlers": ["stdout"], "propagate": False},
+            "gunicorn.access": {"handlers": ["stdout"], "propagate": False},
         },
     }
