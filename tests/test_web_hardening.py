@@ -6,8 +6,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from connector.config import Settings
+from connector.redact import SECRET_PARAMS, redact_headers, redact_query
 from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Base
@@ -366,3 +369,45 @@ def test_a_trusted_proxy_count_out_of_range_is_refused(value: str) -> None:
 
     with pytest.raises(ConfigError, match="CONNECTOR_TRUSTED_PROXIES"):
         Settings.from_env({"CONNECTOR_TRUSTED_PROXIES": value})
+
+
+# -- redaction ------------------------------------------------------------------------------
+
+
+@given(
+    name=st.sampled_from(SECRET_PARAMS),
+    value=st.text(
+        alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%+/=",
+        min_size=8,
+        max_size=200,
+    ),
+    position=st.sampled_from(["first", "middle", "last"]),
+)
+def test_a_secret_query_value_never_survives_redaction(
+    name: str, value: str, position: str
+) -> None:
+    """Wherever a secret parameter sits in a request line, its value is gone, its name kept."""
+    skeleton = (
+        f'"GET /shopify/callback?{name}=[redacted]&shop=a.myshopify.com&timestamp=1'
+    )
+    assume(
+        value not in skeleton + ' HTTP/1.1" 302 0'
+    )  # else it is there for other reasons
+    params = {
+        "first": f"{name}={value}&shop=a.myshopify.com",
+        "middle": f"shop=a.myshopify.com&{name}={value}&timestamp=1",
+        "last": f"shop=a.myshopify.com&{name}={value}",
+    }[position]
+    line = redact_query(f'"GET /shopify/callback?{params} HTTP/1.1" 302 0')
+    assert value not in line
+    assert f"{name}=[redacted]" in line
+    assert "shop=a.myshopify.com" in line
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Cookie", "Authorization", "X-Shopify-Hmac-Sha256", "X-WC-Webhook-Signature"],
+)
+def test_secret_headers_are_blanked_whole(header: str) -> None:
+    """Cookies, credentials and webhook signatures carry no structure worth keeping."""
+    assert "[redacted]" == redact_headers(header, "session=abc; other=def")
