@@ -794,3 +794,63 @@ def test_the_worker_sends_while_a_periodic_job_waits_on_a_slow_store(
         fake.token_gate.set()
         worker.join(30)
     assert not worker.is_alive()
+
+
+def test_woocommerce_webhooks_and_sweeps_racing_send_each_order_once(
+    rt: Runtime, woo: tuple[FakeWooCommerce, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """order.updated webhooks over HTTP while a sweep reads the same orders: once each."""
+    from connector.web import create_app
+    from tests.fakes.woocommerce import woocommerce_signature
+
+    fake, url = woo
+    rt = replace(rt, settings=replace(rt.settings, woocommerce_allow_insecure=True))
+    conn_id = add_woo(rt, fake, url)
+    with rt.sessions.begin() as s:
+        queries.get_connection(s, conn_id).pixel_id = "7234567890"
+    now = datetime.now(UTC)
+    orders = [
+        woo_order(50000 + i, modified=now - timedelta(minutes=3)) for i in range(40)
+    ]
+    for order in orders:
+        fake.add_order(order)
+    web = LiveServer(create_app(runtime=rt)).start()
+
+    def post_webhooks() -> None:
+        for order in orders:
+            body = json.dumps(order).encode()
+            rv = requests.post(
+                f"{web.url}/webhooks/woocommerce/{conn_id}",
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-WC-Webhook-Topic": "order.updated",
+                    "X-WC-Webhook-Resource": "order",
+                    "X-WC-Webhook-Event": "updated",
+                    "X-WC-Webhook-Signature": woocommerce_signature(
+                        body, "woo-webhook-secret"
+                    ),
+                    "X-WC-Webhook-ID": "41",
+                    "X-WC-Webhook-Delivery-ID": f"d{order['id']}",
+                },
+                timeout=30,
+            )
+            assert rv.status_code == 200, rv.text
+
+    try:
+        threads = [
+            threading.Thread(target=post_webhooks),
+            threading.Thread(target=sweep.sweep_connection, args=(rt, conn_id)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        web.stop()
+    drain(rt)
+
+    assert len(outbox(rt, conn_id)) == 40
+    assert sorted(received(graph[0], "7234567890")) == sorted(
+        str(o["id"]) for o in orders
+    )
