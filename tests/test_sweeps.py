@@ -854,3 +854,29 @@ def test_woocommerce_webhooks_and_sweeps_racing_send_each_order_once(
     assert sorted(received(graph[0], "7234567890")) == sorted(
         str(o["id"]) for o in orders
     )
+
+
+def test_a_job_still_running_elsewhere_holds_its_next_tick(runtime: Runtime) -> None:
+    """A sweep longer than its interval is not started a second time beside itself."""
+    clock = SimulatedClock()
+    ran: list[int] = []
+    job = PeriodicJob(name="long", interval_seconds=900, run=lambda _: ran.append(1))
+    tick = jobs.tick_of(job, clock.now)
+    with runtime.sessions.begin() as s:
+        s.add(
+            JobRun(
+                job="long",
+                tick=tick - 1,
+                owner="other-worker",
+                started_at=datetime.fromtimestamp(clock.now - 950, UTC),
+            )
+        )
+
+    assert jobs.JobRunner(runtime, [job], clock=clock).run_due() == []
+    with runtime.sessions.begin() as s:
+        run = s.get(JobRun, ("long", tick - 1))
+        assert run is not None
+        run.finished_at = datetime.fromtimestamp(clock.now, UTC)
+    clock.now += 900
+    assert jobs.JobRunner(runtime, [job], clock=clock).run_due() == ["long"]
+    assert ran == [1]
