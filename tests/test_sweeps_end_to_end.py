@@ -203,7 +203,7 @@ def test_sigterm_is_honoured_while_a_periodic_job_waits_on_a_slow_store(
     tmp_path: Path,
     servers: tuple[FakeGraph, str, FakeShopify, str, FakeWooCommerce, str],
 ) -> None:
-    """Shopify's token endpoint hangs during the reconciliation: the worker still exits in time."""
+    """Shopify's Admin API hangs during the order sweep: the worker still exits in time."""
     _graph, graph_url, shopify, shopify_url, _woo, _woo_url = servers
     _wipe(database_url)
     env = {
@@ -222,7 +222,7 @@ def test_sigterm_is_honoured_while_a_periodic_job_waits_on_a_slow_store(
         SHOPIFY_API_SECRET="e2e-secret",
         PYTHONUNBUFFERED="1",
     )
-    grant = shopify.issue_expiring(SHOP)
+    shopify.access_tokens["shpat_e2e"] = (SHOP, None)
     runtime = Runtime.from_settings(
         Settings(
             env="test",
@@ -232,17 +232,9 @@ def test_sigterm_is_honoured_while_a_periodic_job_waits_on_a_slow_store(
         )
     )
     with runtime.sessions.begin() as s:
-        conn = queries.upsert_connection(
-            s,
-            "shopify",
-            SHOP,
-            platform_token=grant["access_token"],
-            platform_token_expires_at=datetime.now(UTC) + timedelta(seconds=30),
-            platform_refresh_token=grant["refresh_token"],
-        )
-        conn.settings = {"shopify_app": True}  # installed through the app: reconciled
+        queries.upsert_connection(s, "shopify", SHOP, platform_token="shpat_e2e")
     runtime.close()
-    shopify.token_gate = threading.Event()
+    shopify.orders_gate = threading.Event()
     with (tmp_path / "worker.log").open("wb") as out:
         worker = subprocess.Popen(
             [sys.executable, "-m", "connector.cli", "worker"],
@@ -252,10 +244,10 @@ def test_sigterm_is_honoured_while_a_periodic_job_waits_on_a_slow_store(
         )
     try:
         deadline = time.monotonic() + 30
-        while not shopify.token_waiting and time.monotonic() < deadline:
+        while not shopify.orders_waiting and time.monotonic() < deadline:
             assert worker.poll() is None
             time.sleep(0.1)
-        assert shopify.token_waiting  # the reconciliation hangs in the token request
+        assert shopify.orders_waiting  # the order sweep hangs in its query
         worker.send_signal(signal.SIGTERM)
         started = time.monotonic()
         try:
@@ -265,7 +257,7 @@ def test_sigterm_is_honoured_while_a_periodic_job_waits_on_a_slow_store(
             worker.wait(timeout=10)
         took = time.monotonic() - started
     finally:
-        shopify.token_gate.set()
+        shopify.orders_gate.set()
     log = (tmp_path / "worker.log").read_text()
     assert worker.returncode == 0, log
     assert took < SHUTDOWN_PROMISE, log
