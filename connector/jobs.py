@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import cast
 
-from sqlalchemy import Table, delete, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from connector import meta_oauth, registry
@@ -53,6 +53,11 @@ POLL_SECONDS = 5.0
 KEEP_RUNS = timedelta(days=7)
 
 _local = threading.local()
+#: when SIGTERM/SIGINT arrived (monotonic seconds): the shutdown budget counts from there
+_signalled: dict[str, float] = {}
+#: an unfinished run younger than this many intervals (at least STALE_RUN) holds later ticks
+RUNNING_INTERVALS = 3
+STALE_RUN = timedelta(hours=1)
 
 
 def stop_requested() -> bool:
@@ -77,6 +82,7 @@ def install_stop_signals(stop: threading.Event) -> dict[int, object]:
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
+        _signalled.setdefault("at", time.monotonic())
         stop.set()
 
     return {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -163,7 +169,19 @@ class JobRunner:
             .on_conflict_do_nothing(index_elements=["job", "tick"])
             .returning(JOB_RUNS.c.tick)
         )
+        window = max(
+            STALE_RUN, timedelta(seconds=RUNNING_INTERVALS * job.interval_seconds)
+        )
+        running = select(JOB_RUNS.c.tick).where(
+            JOB_RUNS.c.job == job.name[:64],
+            JOB_RUNS.c.tick < tick,
+            JOB_RUNS.c.finished_at.is_(None),
+            JOB_RUNS.c.started_at > now - window,
+        )
         with self.runtime.sessions.begin() as session:
+            if session.execute(running.limit(1)).first() is not None:
+                # Still running elsewhere (a sweep longer than its interval): one at a time.
+                return False
             won = session.execute(stmt).first() is not None
             if won:
                 session.execute(
@@ -260,11 +278,18 @@ class JobRunner:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = JOB_STOP_SECONDS) -> bool:
-        """Ask the running job to return and wait up to ``timeout`` s; True when it did."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Ask the running job to return and wait up to ``timeout`` s; True when it did.
+
+        Without ``timeout``: what is left of ``JOB_STOP_SECONDS`` since SIGTERM arrived (the
+        job has been stopping since then, while the dispatcher finished its batch).
+        """
         self.stop_event.set()
         if self._thread is None:
             return True
+        if timeout is None:
+            since = time.monotonic() - _signalled.get("at", time.monotonic())
+            timeout = max(0.5, JOB_STOP_SECONDS - since)
         self._thread.join(timeout)
         stopped = not self._thread.is_alive()
         if not stopped:

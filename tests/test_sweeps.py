@@ -759,43 +759,120 @@ def test_the_worker_no_longer_runs_jobs_inline() -> None:
     assert {"order-sweep", "shopify-reconcile", "woocommerce_webhooks"} <= names
 
 
+@pytest.mark.slow
 def test_the_worker_sends_while_a_periodic_job_waits_on_a_slow_store(
     rt: Runtime, graph: tuple[FakeGraph, str], shopify: tuple[FakeShopify, str]
 ) -> None:
-    """A token refresh hangs in the daily reconciliation: events still go out meanwhile."""
+    """The order sweep hangs on Shopify's Admin API: events still go out meanwhile."""
     from connector.cli import _run_worker_with_jobs
 
     fake, _ = shopify
     conn_id = add_shopify(rt, fake, pixel="6234567890")
     shopify_orders(fake, 3)
     sweep.sweep_connection(rt, conn_id)  # three Purchases wait in the outbox
-    slow = "slow-shop.myshopify.com"
-    grant = fake.issue_expiring(slow)
-    with rt.sessions.begin() as s:
-        conn = queries.upsert_connection(
-            s,
-            "shopify",
-            slow,
-            platform_token=grant["access_token"],
-            platform_token_expires_at=datetime.now(UTC) + timedelta(seconds=30),
-            platform_refresh_token=grant["refresh_token"],
-        )
-        conn.settings = {
-            "shopify_app": True
-        }  # installed through the app: reconciled daily
-    fake.token_gate = threading.Event()  # Shopify's token endpoint stops answering
+    fake.orders_gate = threading.Event()  # Shopify's Admin API stops answering
     stop = threading.Event()
     worker = threading.Thread(target=_run_worker_with_jobs, args=(rt, stop))
     worker.start()
     try:
         for _ in range(200):
-            if fake.token_waiting and len(received(graph[0], "6234567890")) == 3:
+            if fake.orders_waiting and len(received(graph[0], "6234567890")) == 3:
                 break
             stop.wait(0.1)
-        assert fake.token_waiting >= 1  # the job is stuck in the refresh...
+        assert fake.orders_waiting >= 1  # the periodic sweep is stuck in its query...
         assert len(received(graph[0], "6234567890")) == 3  # ...and delivery went on
+        stop.set()
+        worker.join(
+            jobs.JOB_STOP_SECONDS + 5
+        )  # the stuck job is abandoned, not waited for
+        assert not worker.is_alive()
     finally:
         stop.set()
-        fake.token_gate.set()
+        fake.orders_gate.set()
         worker.join(30)
-    assert not worker.is_alive()
+
+
+def test_woocommerce_webhooks_and_sweeps_racing_send_each_order_once(
+    rt: Runtime, woo: tuple[FakeWooCommerce, str], graph: tuple[FakeGraph, str]
+) -> None:
+    """order.updated webhooks over HTTP while a sweep reads the same orders: once each."""
+    from connector.web import create_app
+    from tests.fakes.woocommerce import woocommerce_signature
+
+    fake, url = woo
+    rt = replace(rt, settings=replace(rt.settings, woocommerce_allow_insecure=True))
+    conn_id = add_woo(rt, fake, url)
+    with rt.sessions.begin() as s:
+        queries.get_connection(s, conn_id).pixel_id = "7234567890"
+    now = datetime.now(UTC)
+    orders = [
+        woo_order(50000 + i, modified=now - timedelta(minutes=3)) for i in range(40)
+    ]
+    for order in orders:
+        fake.add_order(order)
+    web = LiveServer(create_app(runtime=rt)).start()
+
+    def post_webhooks() -> None:
+        for order in orders:
+            body = json.dumps(order).encode()
+            rv = requests.post(
+                f"{web.url}/webhooks/woocommerce/{conn_id}",
+                data=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-WC-Webhook-Topic": "order.updated",
+                    "X-WC-Webhook-Resource": "order",
+                    "X-WC-Webhook-Event": "updated",
+                    "X-WC-Webhook-Signature": woocommerce_signature(
+                        body, "woo-webhook-secret"
+                    ),
+                    "X-WC-Webhook-ID": "41",
+                    "X-WC-Webhook-Delivery-ID": f"d{order['id']}",
+                },
+                timeout=30,
+            )
+            assert rv.status_code == 200, rv.text
+
+    try:
+        threads = [
+            threading.Thread(target=post_webhooks),
+            threading.Thread(target=sweep.sweep_connection, args=(rt, conn_id)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        web.stop()
+    drain(rt)
+
+    assert len(outbox(rt, conn_id)) == 40
+    assert sorted(received(graph[0], "7234567890")) == sorted(
+        str(o["id"]) for o in orders
+    )
+
+
+def test_a_job_still_running_elsewhere_holds_its_next_tick(runtime: Runtime) -> None:
+    """A sweep longer than its interval is not started a second time beside itself."""
+    clock = SimulatedClock()
+    ran: list[int] = []
+    job = PeriodicJob(name="long", interval_seconds=900, run=lambda _: ran.append(1))
+    tick = jobs.tick_of(job, clock.now)
+    with runtime.sessions.begin() as s:
+        s.add(
+            JobRun(
+                job="long",
+                tick=tick - 1,
+                owner="other-worker",
+                started_at=datetime.fromtimestamp(clock.now - 950, UTC),
+            )
+        )
+
+    assert jobs.JobRunner(runtime, [job], clock=clock).run_due() == []
+    with runtime.sessions.begin() as s:
+        run = s.get(JobRun, ("long", tick - 1))
+        assert run is not None
+        run.finished_at = datetime.fromtimestamp(clock.now, UTC)
+    clock.now += 900
+    assert jobs.JobRunner(runtime, [job], clock=clock).run_due() == ["long"]
+    assert ran == [1]

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,6 +22,9 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import create_engine, text
 
+from connector.config import Settings
+from connector.runtime import Runtime
+from connector.store import queries
 from tests.conftest import migrate_url
 from tests.fakes.graph import FakeGraph, make_app
 from tests.fakes.server import LiveServer
@@ -86,7 +90,7 @@ def test_two_workers_sweep_lost_orders_to_meta_once_each(
         META_GRAPH_URL=graph_url,
         SHOPIFY_ADMIN_URL_TEMPLATE=shopify_url + "/{shop}",
         WOOCOMMERCE_ALLOW_INSECURE_URLS="1",
-        CONNECTOR_SWEEP_INTERVAL="60",
+        CONNECTOR_SWEEP_INTERVAL="3600",
         CONNECTOR_POLL_INTERVAL="0.2",
         PYTHONUNBUFFERED="1",
     )
@@ -187,7 +191,75 @@ def test_two_workers_sweep_lost_orders_to_meta_once_each(
         engine.dispose()
     # Counted at the stores: one sweep per tick, though two workers were running.
     assert shopify.order_sweeps == woo.order_sweeps == runs["order-sweep"]
-    assert 1 <= runs["order-sweep"] <= 2  # the run may straddle one 60 s tick
+    assert 1 <= runs["order-sweep"] <= 2  # the run may straddle one hourly tick
     assert runs["shopify-reconcile"] == runs["meta-token-check"] == 1
     assert len(owners) <= 2
+    _wipe(database_url)
+
+
+@pytest.mark.slow
+def test_sigterm_is_honoured_while_a_periodic_job_waits_on_a_slow_store(
+    database_url: str,
+    tmp_path: Path,
+    servers: tuple[FakeGraph, str, FakeShopify, str, FakeWooCommerce, str],
+) -> None:
+    """Shopify's Admin API hangs during the order sweep: the worker still exits in time."""
+    _graph, graph_url, shopify, shopify_url, _woo, _woo_url = servers
+    _wipe(database_url)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SHOPIFY_", "META_", "CONNECTOR_", "WOOCOMMERCE_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        CONNECTOR_ENCRYPTION_KEYS=Fernet.generate_key().decode(),
+        SECRET_KEY="e2e",
+        CONNECTOR_INSTANCE_PATH=str(tmp_path),
+        META_GRAPH_URL=graph_url,
+        SHOPIFY_ADMIN_URL_TEMPLATE=shopify_url + "/{shop}",
+        SHOPIFY_API_KEY="e2e",
+        SHOPIFY_API_SECRET="e2e-secret",
+        PYTHONUNBUFFERED="1",
+    )
+    shopify.access_tokens["shpat_e2e"] = (SHOP, None)
+    runtime = Runtime.from_settings(
+        Settings(
+            env="test",
+            database_url=database_url,
+            encryption_keys=(env["CONNECTOR_ENCRYPTION_KEYS"],),
+            secret_key="e2e",
+        )
+    )
+    with runtime.sessions.begin() as s:
+        queries.upsert_connection(s, "shopify", SHOP, platform_token="shpat_e2e")
+    runtime.close()
+    shopify.orders_gate = threading.Event()
+    with (tmp_path / "worker.log").open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "connector.cli", "worker"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while not shopify.orders_waiting and time.monotonic() < deadline:
+            assert worker.poll() is None
+            time.sleep(0.1)
+        assert shopify.orders_waiting  # the order sweep hangs in its query
+        worker.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            worker.wait(timeout=SHUTDOWN_PROMISE)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        shopify.orders_gate.set()
+    log = (tmp_path / "worker.log").read_text()
+    assert worker.returncode == 0, log
+    assert took < SHUTDOWN_PROMISE, log
+    assert "did not stop within" in log
     _wipe(database_url)

@@ -127,6 +127,9 @@ class FakeShopify:
     #: many token requests are waiting
     token_gate: threading.Event | None = None
     token_waiting: int = 0
+    #: the same for the ``orders`` query
+    orders_gate: threading.Event | None = None
+    orders_waiting: int = 0
     #: orders queries without a cursor: each starts a sweep
     order_sweeps: int = 0
     throttled: int = 0
@@ -260,6 +263,13 @@ class FakeShopify:
 
         @app.post("/<shop>/admin/api/<version>/graphql.json")
         def graphql(shop: str, version: str) -> Any:
+            gate = self.orders_gate
+            if gate is not None and "orders(" in str(
+                (request.get_json(silent=True) or {}).get("query", "")
+            ):
+                with self._lock:
+                    self.orders_waiting += 1
+                gate.wait(30)
             token = request.headers.get("X-Shopify-Access-Token", "")
             with self._lock:
                 owner = self.access_tokens.get(token)
