@@ -102,7 +102,9 @@ def check_dataset_quality(
     runtime: Runtime, *, now: datetime, http: requests.Session | None = None
 ) -> list[CheckResult]:
     """Read Meta's Dataset Quality for every connection due; store answers and warnings."""
-    http = http or requests.Session()
+    if http is None:
+        with requests.Session() as own:
+            return check_dataset_quality(runtime, now=now, http=own)
     with runtime.sessions() as session:
         due = store.due_for_meta_check(session, now)
     rv: list[CheckResult] = []

@@ -769,6 +769,10 @@ def _birth_date(value: str) -> str | None:
 
 def _ip(value: str) -> str | None:
     text = value.strip()
+    if "," in text:
+        # An X-Forwarded-For chain ("client, proxy1, proxy2") a store recorded as it came:
+        # the shopper is the first public address in it.
+        return next(filter(None, map(_ip, text.split(","))), None)
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     try:

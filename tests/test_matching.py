@@ -546,6 +546,13 @@ def test_external_id(raw: str, expected: str | None) -> None:
         pytest.param("203.0.113.9", None, id="documentation-range"),
         pytest.param("224.0.0.1", None, id="multicast"),
         pytest.param("::ffff:10.0.0.1", None, id="ipv4-mapped-private"),
+        pytest.param(
+            "168.212.226.204, 10.0.0.5", "168.212.226.204", id="forwarded-for-chain"
+        ),
+        pytest.param(
+            "10.0.0.5, 2a03:2880::1", "2a03:2880::1", id="first-public-in-chain"
+        ),
+        pytest.param("10.0.0.5, 127.0.0.1", None, id="chain-of-proxies"),
     ],
 )
 def test_client_ip_address(raw: str, expected: str | None) -> None:
