@@ -26,6 +26,8 @@ CHART_DAYS: Final = 30
 PAGE_SIZE: Final = 50
 #: the most events one "replay all of a reason" click puts back (a second click does the rest)
 REPLAY_LIMIT: Final = 5000
+#: how many of the newest dead and held events the overview groups by reason
+PROBLEM_SAMPLE: Final = 5000
 #: how many recent events per type the match-quality page reads (shares within ~3 points)
 QUALITY_SAMPLE: Final = 1000
 #: how many recent events the match-quality page looks through for event types
@@ -181,16 +183,26 @@ def _as_date(value: Any) -> date:
 def problem_groups(
     session: Session, connection_id: str, *, limit: int = 20
 ) -> list[tuple[str, str, int]]:
-    """Dead and held events by (status, reason kind), most first; at most ``limit`` groups."""
-    groups: Counter[tuple[str, str]] = Counter()
-    for status, error, n in session.execute(
-        select(Event.status, Event.last_error, func.count())
+    """Dead and held events by (status, reason kind), most first; at most ``limit`` groups.
+
+    Counts the newest :data:`PROBLEM_SAMPLE` of them (a backward range of the
+    ``(connection_id, status, id)`` index): a store with more sees a lower bound.
+    """
+    newest = (
+        select(Event.status, Event.last_error)
         .where(
             Event.connection_id == connection_id,
             Event.status.in_([str(s) for s in REPLAYABLE]),
         )
-        .group_by(Event.status, Event.last_error)
-        .limit(500)
+        .order_by(Event.id.desc())
+        .limit(PROBLEM_SAMPLE)
+        .subquery()
+    )
+    groups: Counter[tuple[str, str]] = Counter()
+    for status, error, n in session.execute(
+        select(newest.c.status, newest.c.last_error, func.count()).group_by(
+            newest.c.status, newest.c.last_error
+        )
     ):
         groups[(str(status), reason_kind(error))] += int(n)
     return [(s, k, n) for (s, k), n in groups.most_common(limit)]
