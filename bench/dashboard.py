@@ -16,6 +16,7 @@ Target: every page's p95 under 300 ms. The schema is dropped at the end (``--kee
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import statistics
 import sys
@@ -218,7 +219,8 @@ def time_pages(url: str, args: argparse.Namespace) -> None:
             f"{name:<24} {times[0]:7.1f} {statistics.median(times):7.1f} {p95:7.1f} {times[-1]:7.1f}"
         )
     runtime.close()
-    print(f"worst p95: {worst:.1f} ms (target < 300 ms)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"worst p95: {worst:.1f} ms (target < 300 ms); load average {load}")
 
 
 if __name__ == "__main__":
