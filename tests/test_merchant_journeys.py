@@ -579,6 +579,16 @@ def test_woocommerce_connect_then_meta_from_the_return_page(
     reloaded = browser.get(visited[-1])
     assert 200 == reloaded.status_code
     assert "111222333444" in reloaded.text
+    # its dashboard link opens this store's overview, and only this store's
+    [href] = [
+        html.unescape(h)
+        for h in HREF.findall(reloaded.text)
+        if "/admin/connections/" in h
+    ]
+    overview = browser.get(urljoin(reloaded.url, href))
+    assert 200 == overview.status_code, overview.text
+    assert "<h1>Overview</h1>" in overview.text
+    assert "Sending" in overview.text
     assert_no_secret_leaked(world, caplog)
 
 

@@ -751,7 +751,7 @@ def return_page() -> Response:
         f"<p><a href='{escape(meta_link)}'>Connect Meta</a> (the link works once, "
         "for a few minutes; reload this page for a new one)</p>"
         f"<p><a href='{escape(store_dashboard_url(connection_id, now, mode='standalone'))}'>"
-        "Open your dashboard</a> (this link works for two hours; come back here for a new one)</p>"
+        "Open your dashboard</a> (this link works for two hours; connecting the store again gives a new one)</p>"
     )
     return _page("Your WooCommerce store is connected", body)
 

@@ -26,8 +26,12 @@ CHART_DAYS: Final = 30
 PAGE_SIZE: Final = 50
 #: the most events one "replay all of a reason" click puts back (a second click does the rest)
 REPLAY_LIMIT: Final = 5000
-#: how many recent events per type the match-quality page reads
-QUALITY_SAMPLE: Final = 2000
+#: how many of the newest dead and held events the overview groups by reason
+PROBLEM_SAMPLE: Final = 5000
+#: how many recent events per type the match-quality page reads (shares within ~3 points)
+QUALITY_SAMPLE: Final = 1000
+#: how many recent events the match-quality page looks through for event types
+NAME_SAMPLE: Final = 5000
 #: the statuses a person may send again
 REPLAYABLE: Final = (EventStatus.DEAD, EventStatus.HELD)
 #: the user_data keys Meta scores for a website event, in the order its docs list them
@@ -179,16 +183,26 @@ def _as_date(value: Any) -> date:
 def problem_groups(
     session: Session, connection_id: str, *, limit: int = 20
 ) -> list[tuple[str, str, int]]:
-    """Dead and held events by (status, reason kind), most first; at most ``limit`` groups."""
-    groups: Counter[tuple[str, str]] = Counter()
-    for status, error, n in session.execute(
-        select(Event.status, Event.last_error, func.count())
+    """Dead and held events by (status, reason kind), most first; at most ``limit`` groups.
+
+    Counts the newest :data:`PROBLEM_SAMPLE` of them (a backward range of the
+    ``(connection_id, status, id)`` index): a store with more sees a lower bound.
+    """
+    newest = (
+        select(Event.status, Event.last_error)
         .where(
             Event.connection_id == connection_id,
             Event.status.in_([str(s) for s in REPLAYABLE]),
         )
-        .group_by(Event.status, Event.last_error)
-        .limit(500)
+        .order_by(Event.id.desc())
+        .limit(PROBLEM_SAMPLE)
+        .subquery()
+    )
+    groups: Counter[tuple[str, str]] = Counter()
+    for status, error, n in session.execute(
+        select(newest.c.status, newest.c.last_error, func.count()).group_by(
+            newest.c.status, newest.c.last_error
+        )
     ):
         groups[(str(status), reason_kind(error))] += int(n)
     return [(s, k, n) for (s, k), n in groups.most_common(limit)]
@@ -410,14 +424,16 @@ def key_coverage(
     cheaper source: this function is the one place to point at them.
     """
     since = now - timedelta(days=min(days, CHART_DAYS))
+    # The types seen among the newest events: a bounded backward scan of one index range.
+    recent = (
+        select(Event.event_name)
+        .where(Event.connection_id == connection_id, Event.created_at >= since)
+        .order_by(Event.created_at.desc())
+        .limit(NAME_SAMPLE)
+        .subquery()
+    )
     names = [
-        n
-        for (n,) in session.execute(
-            select(Event.event_name)
-            .where(Event.connection_id == connection_id, Event.created_at >= since)
-            .group_by(Event.event_name)
-            .limit(20)
-        )
+        n for (n,) in session.execute(select(recent.c.event_name).distinct().limit(20))
     ]
     pg = session.get_bind().dialect.name == "postgresql"
     rv: list[KeyCoverage] = []
@@ -511,24 +527,24 @@ def store_list(session: Session, *, limit: int = 500) -> list[StoreRow]:
         .where(Event.connection_id == Connection.id)
         .scalar_subquery()
     )
+    # One small (connection_id, status) index range per store and status: never the
+    # delivered majority of the table.
+    open_counts = [
+        select(func.count())
+        .where(Event.connection_id == Connection.id, Event.status == str(status))
+        .scalar_subquery()
+        for status in OPEN_STATUSES
+    ]
     rows = session.execute(
-        select(Connection, last_sent).order_by(Connection.created_at).limit(limit)
+        select(Connection, last_sent, *open_counts)
+        .order_by(Connection.created_at)
+        .limit(limit)
     ).all()
-    counts: dict[tuple[str, str], int] = {
-        (cid, str(status)): int(n)
-        for cid, status, n in session.execute(
-            select(Event.connection_id, Event.status, func.count())
-            .where(Event.status.in_([str(s) for s in OPEN_STATUSES]))
-            .group_by(Event.connection_id, Event.status)
-        )
-    }
     return [
         StoreRow(
-            conn=conn,
-            open_counts={
-                str(s): counts.get((conn.id, str(s)), 0) for s in OPEN_STATUSES
-            },
-            last_delivered_at=sent,
+            conn=row[0],
+            open_counts={str(s): int(row[2 + i]) for i, s in enumerate(OPEN_STATUSES)},
+            last_delivered_at=row[1],
         )
-        for conn, sent in rows
+        for row in rows
     ]

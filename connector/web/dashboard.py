@@ -265,6 +265,8 @@ def render_overview(viewer: Viewer, conn: Connection) -> Response:
             (status, kind, n, views.reason_text(kind))
             for status, kind, n in data.problems
         ],
+        problems_total=sum(n for _, _, n in data.problems),
+        problem_sample=q.PROBLEM_SAMPLE,
         events_url=_page_url(viewer, conn.id, "events"),
         replay_url=url_for("dashboard.replay", connection_id=conn.id),
         message=views.done_message(request.args),

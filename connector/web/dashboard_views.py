@@ -58,7 +58,7 @@ REASONS: Final = {
     "invalid": "Meta refused the event as invalid.",
     "too_old": "Older than Meta accepts (7 days), so Meta would refuse it.",
     "future": "Dated in the future, so Meta would refuse it.",
-    "held": "Held until Meta can receive it again (see the state on the overview).",
+    "held": "Held until Meta can receive it again.",
 }
 
 
@@ -417,9 +417,10 @@ class Field:
 VALUE_FIELD: Final = Field(
     key="value_basis",
     label="Purchase value sent to Meta",
-    help="What Meta optimises your ads on. Many stores use the amount without tax and shipping.",
+    help="What Meta optimises your ads on. The order total is what the shopper paid, tax and "
+    "shipping included; many stores send the amount without tax and shipping.",
     choices=(
-        ("total", "Order total (tax and shipping included)"),
+        ("total", "Order total"),
         ("excl_tax", "Without tax"),
         ("excl_shipping", "Without shipping"),
         ("excl_tax_and_shipping", "Without tax and shipping"),

@@ -4,7 +4,11 @@ Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-30 02:30:00
 
-Built CONCURRENTLY on PostgreSQL, so webhooks keep writing to the outbox while they build
+Plain CREATE INDEX, which holds off writes to the outbox while it builds (seconds per
+million rows). On a large production table, build them first by hand with CREATE INDEX
+CONCURRENTLY and the same names and columns: this migration then skips them (IF NOT EXISTS).
+It does not build them concurrently itself, because CONCURRENTLY waits for every open
+transaction in the database, including the caller's own
 (https://www.postgresql.org/docs/current/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY).
 """
 
@@ -37,16 +41,10 @@ INDEXES: dict[str, tuple[list[str], list[str]]] = {
 
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        with op.get_context().autocommit_block():
-            for name, (columns, include) in INDEXES.items():
-                op.create_index(
-                    name,
-                    "events",
-                    columns,
-                    postgresql_include=include,
-                    postgresql_concurrently=True,
-                    if_not_exists=True,
-                )
+        for name, (columns, include) in INDEXES.items():
+            op.create_index(
+                name, "events", columns, postgresql_include=include, if_not_exists=True
+            )
         return
     for name, (columns, _) in INDEXES.items():
         op.create_index(name, "events", columns)
