@@ -193,7 +193,9 @@ def test_no_token_code_state_hmac_or_session_reaches_the_web_process_output(
     assert rv.status_code in {400, 414}
     output = web.stop()
     assert "/meta/connect" in output  # the access log is there...
-    assert "DEBUG gunicorn.error" in output  # ...and gunicorn's debug lines, in our format...
+    assert (
+        "DEBUG gunicorn.error" in output
+    )  # ...and gunicorn's debug lines, in our format...
     leaked = {name: value for name, value in s.items() if value in output}
     assert {} == leaked, output  # ...and holds no secret
 
