@@ -337,10 +337,12 @@ def test_the_procfile_runs_under_honcho(
     assert 0 == release.returncode, release.stdout + release.stderr
     assert "database is up to date" in release.stdout
     log = (tmp_path / "honcho.log").open("wb")
+    # From the project's folder, as the README says to run it (and as the host runs the app):
+    # the web line reads gunicorn.conf.py from there.
     proc = subprocess.Popen(
         [*honcho, "start", "-p", str(port), "web", "worker"],
         env=env,
-        cwd=tmp_path,
+        cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
