@@ -67,8 +67,12 @@ def verify_admin_link(
     return hmac.compare_digest(mac, _mac(secret_key, connection_id, expires, nonce))
 
 
-#: how long a store's link into its dashboard stays valid; pages hand it on, it is not renewed
+#: how long a store's dashboard stays open: an embedded page's link (handed on in the Shopify
+#: admin's iframe, which cannot rely on cookies), or the browser session a standalone link
+#: opens; neither is renewed
 DASHBOARD_LINK_TTL = timedelta(hours=2)
+#: how long a standalone link may wait before its first use, which spends it
+STANDALONE_LINK_TTL = timedelta(minutes=10)
 #: the two ways a store reaches its dashboard: inside the Shopify admin, or a page of its own
 DASHBOARD_MODES = ("embedded", "standalone")
 
@@ -89,10 +93,21 @@ def sign_dashboard_link(
     """
     if mode not in DASHBOARD_MODES:
         raise ValueError(f"mode must be one of {', '.join(DASHBOARD_MODES)}")
-    expires = int((now + DASHBOARD_LINK_TTL).timestamp())
+    ttl = STANDALONE_LINK_TTL if mode == "standalone" else DASHBOARD_LINK_TTL
+    expires = int((now + ttl).timestamp())
     return (
         f"{expires}.{mode}.{_dashboard_mac(secret_key, connection_id, mode, expires)}"
     )
+
+
+def dashboard_link_key(token: str) -> str:
+    """What a spent standalone dashboard link is remembered by (a hash, never the token)."""
+    return hashlib.sha256(f"dashboard-link\n{token}".encode()).hexdigest()
+
+
+def dashboard_link_expiry(token: str) -> datetime:
+    """The expiry written in a token :func:`verify_dashboard_link` accepted."""
+    return datetime.fromtimestamp(int(token.partition(".")[0]), UTC)
 
 
 def verify_dashboard_link(

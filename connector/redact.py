@@ -39,6 +39,9 @@ SECRET_PARAMS = (
     "session",
     "user_id",
     "password",
+    # the dashboard: a store's link token and the forms' CSRF token
+    "t",
+    "csrf_token",
 )
 #: request and response headers whose whole value is a secret
 SECRET_HEADERS = frozenset(

@@ -30,6 +30,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    session,
     url_for,
 )
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -38,6 +39,8 @@ from connector import meta_oauth, registry
 from connector.errors import ConfigError, SignatureError
 from connector.links import (
     DASHBOARD_LINK_TTL,
+    dashboard_link_expiry,
+    dashboard_link_key,
     sign_admin_link,
     sign_dashboard_link,
     verify_dashboard_link,
@@ -59,6 +62,12 @@ APP_BRIDGE_URL: Final = "https://cdn.shopify.com/shopifycloud/app-bridge.js"
 POLARIS_URL: Final = "https://cdn.shopify.com/shopifycloud/polaris.js"
 CSRF_SALT: Final = "dashboard-csrf"
 PAGES: Final = ("overview", "events", "quality", "settings", "pixel")
+#: the browser session's record of the stores whose dashboard it opened: {id: expiry}
+SESSION_KEY: Final = "dashboards"
+#: the largest id an events row can have (a signed 64-bit integer)
+MAX_EVENT_PK: Final = 2**63 - 1
+#: how spent standalone links are recorded (``oauth_states.purpose``)
+SPENT_LINK_PURPOSE: Final = "dashboard_link"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,20 +99,68 @@ def _operator() -> bool:
     return _authorized()
 
 
+def _session_store(connection_id: str, now: datetime) -> bool:
+    """True when this browser's session opened ``connection_id``'s dashboard and is live."""
+    opened = session.get(SESSION_KEY)
+    if not isinstance(opened, dict):
+        return False
+    expires = opened.get(connection_id)
+    return isinstance(expires, int) and expires > now.timestamp()
+
+
+def _open_in_session(connection_id: str, token: str, now: datetime) -> None:
+    """Spend a standalone link and let this browser's session hold the store's dashboard.
+
+    A standalone link works once: whoever opens it first gets the dashboard for
+    :data:`DASHBOARD_LINK_TTL` in that browser (a SameSite=Lax, HttpOnly session cookie), and
+    the same link from anywhere else is refused, so a link copied from a screen, a history or
+    a log opens nothing.
+
+    Raises:
+        SignatureError: the link was used before.
+    """
+    with get_runtime().sessions.begin() as db:
+        fresh = queries.spend_once(
+            db,
+            dashboard_link_key(token),
+            SPENT_LINK_PURPOSE,
+            expires_at=dashboard_link_expiry(token),
+        )
+    if not fresh:
+        raise SignatureError(
+            "this link was used already (each link works once); open the dashboard from "
+            "your store's connect page again"
+        )
+    opened = session.get(SESSION_KEY)
+    opened = dict(opened) if isinstance(opened, dict) else {}
+    # Forget what has expired, so the cookie stays small.
+    opened = {
+        k: v for k, v in opened.items() if isinstance(v, int) and v > now.timestamp()
+    }
+    opened[connection_id] = int((now + DASHBOARD_LINK_TTL).timestamp())
+    session[SESSION_KEY] = opened
+
+
 def _viewer(connection_id: str) -> Viewer:
     """The viewer of ``connection_id``'s pages, or 401 (with the operator's challenge)."""
+    now = _now()
+    if _session_store(connection_id, now):
+        return Viewer(operator=False, connection_id=connection_id)
     token = request.values.get("t", "")
     if token:
         mode = verify_dashboard_link(
-            get_runtime().settings.secret_key, connection_id, token, _now()
+            get_runtime().settings.secret_key, connection_id, token, now
         )
-        if mode is not None:
+        if mode == "embedded":
             return Viewer(
                 operator=False,
                 connection_id=connection_id,
-                embedded=mode == "embedded",
+                embedded=True,
                 token=token,
             )
+        if mode == "standalone":
+            _open_in_session(connection_id, token, now)
+            return Viewer(operator=False, connection_id=connection_id)
     if _operator():
         return Viewer(operator=True)
     if token:
@@ -174,12 +231,13 @@ def _respond(
         "no-referrer"  # the link token must not leak onwards
     )
     rv.headers["X-Content-Type-Options"] = "nosniff"
-    # Only this shop's admin may frame a Shopify store's pages (Shopify's rule for embedded
+    # Only this shop's admin may frame the shop's own pages (Shopify's rule for embedded
     # apps, https://shopify.dev/docs/apps/build/security/set-up-iframe-protection); nothing
-    # frames the others.
+    # frames the others, the operator's pages of a Shopify store included (their buttons act
+    # with the operator's credentials).
     ancestors = (
         f"https://{conn.store} https://admin.shopify.com"
-        if conn.platform == "shopify"
+        if conn.platform == "shopify" and not viewer.operator
         else "'none'"
     )
     scripts = "'self' https://cdn.shopify.com" if viewer.embedded else "'self'"
@@ -318,6 +376,8 @@ def events(connection_id: str) -> Response:
 @bp.get("/admin/connections/<connection_id>/events/<int:event_pk>")
 def event(connection_id: str, event_pk: int) -> Response:
     """One event: which keys were sent (never values), Meta's answer, attempts, replay."""
+    if event_pk > MAX_EVENT_PK:
+        abort(404)  # no row has it, and the database could not even compare it
     viewer = _viewer(connection_id)
     conn = _connection(connection_id)
     with get_runtime().sessions() as s:
