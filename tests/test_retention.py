@@ -16,6 +16,7 @@ from sqlalchemy import func, insert, select, text, update
 from connector import dispatcher, retention
 from connector.cli import cli
 from connector.events import CanonicalEvent, UserData
+from connector.jobs import collect_periodic_jobs
 from connector.retention import RetentionPolicy, prune
 from connector.runtime import Runtime
 from connector.store import queries
@@ -270,7 +271,7 @@ def test_connector_prune_on_the_command_line(runtime: Runtime) -> None:
 
 def test_the_worker_runs_the_prune_daily() -> None:
     """The prune is one of the worker's periodic jobs, every 24 hours."""
-    jobs = {j.name: j for j in dispatcher.collect_periodic_jobs()}
+    jobs = {j.name: j for j in collect_periodic_jobs()}
     assert 24 * 3600 == jobs["retention.prune"].interval_seconds
     assert retention.run_prune is jobs["retention.prune"].run
 
