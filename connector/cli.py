@@ -17,7 +17,7 @@ import click
 from sqlalchemy import column, select, table, update
 
 from connector import __version__
-from connector.config import load_settings
+from connector.config import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, load_settings
 from connector.crypto import generate_key, keyring
 from connector.errors import ConnectorError, GraphError
 from connector.events import PURCHASE, CanonicalEvent, CustomData, UserData
@@ -100,6 +100,7 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
     migrate.upgrade(runtime.settings.database_url)
     app = create_app(runtime=runtime)
     stop = threading.Event()
+    thread: threading.Thread | None = None
     if not no_worker:
         from connector import dispatcher
 
@@ -119,6 +120,11 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
         )
     finally:
         stop.set()
+        if thread is not None:
+            # Ctrl-C: the worker finishes or releases its batch before the process ends.
+            from connector.dispatcher import SHUTDOWN_GRACE_SECONDS
+
+            thread.join(SHUTDOWN_GRACE_SECONDS)
 
 
 @cli.command()
@@ -131,7 +137,7 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
 )
 @click.option(
     "--lease-seconds",
-    type=click.IntRange(1),
+    type=click.IntRange(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
     default=None,
     help="How long claimed events stay with this worker before another may take them over.",
 )

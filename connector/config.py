@@ -23,6 +23,10 @@ DEFAULT_API_VERSION = "v25.0"
 DEFAULT_SHOPIFY_ADMIN_URL_TEMPLATE = "https://{shop}"
 DEFAULT_SHOPIFY_SCOPES = "read_orders"
 SECRETS_FILE = "secrets.json"
+#: the range of a worker's lease, the same for CONNECTOR_LEASE_SECONDS and --lease-seconds
+MIN_LEASE_SECONDS = 2
+MAX_LEASE_SECONDS = 3600
+MAX_SEND_CONCURRENCY = 64
 
 
 def normalize_database_url(url: str) -> str:
@@ -63,6 +67,10 @@ class Settings:
     lease_seconds: int = 120
     poll_interval: float = 1.0
     http_timeout: float = 20.0
+    #: requests a worker keeps in flight to Meta at once
+    send_concurrency: int = 8
+    #: seconds a database statement may run before PostgreSQL cancels it (0: no limit)
+    db_statement_timeout: float = 30.0
 
     @property
     def is_production(self) -> bool:
@@ -114,8 +122,21 @@ class Settings:
                 "CONNECTOR_BATCH_SIZE must be between 1 and 1000 (Meta's limit)"
             )
         lease_seconds = _int(environ, "CONNECTOR_LEASE_SECONDS", 120, problems)
-        if lease_seconds < 10:
-            problems.append("CONNECTOR_LEASE_SECONDS must be at least 10")
+        if not MIN_LEASE_SECONDS <= lease_seconds <= MAX_LEASE_SECONDS:
+            problems.append(
+                f"CONNECTOR_LEASE_SECONDS must be at least {MIN_LEASE_SECONDS} "
+                f"and at most {MAX_LEASE_SECONDS}"
+            )
+        send_concurrency = _int(environ, "CONNECTOR_SEND_CONCURRENCY", 8, problems)
+        if not 1 <= send_concurrency <= MAX_SEND_CONCURRENCY:
+            problems.append(
+                f"CONNECTOR_SEND_CONCURRENCY must be between 1 and {MAX_SEND_CONCURRENCY}"
+            )
+        db_statement_timeout = _float(
+            environ, "CONNECTOR_DB_STATEMENT_TIMEOUT", 30.0, problems
+        )
+        if db_statement_timeout < 0:
+            problems.append("CONNECTOR_DB_STATEMENT_TIMEOUT must not be negative")
         poll_interval = _float(environ, "CONNECTOR_POLL_INTERVAL", 1.0, problems)
         http_timeout = _float(environ, "CONNECTOR_HTTP_TIMEOUT", 20.0, problems)
         if env == "production":
@@ -174,6 +195,8 @@ class Settings:
             lease_seconds=lease_seconds,
             poll_interval=poll_interval,
             http_timeout=http_timeout,
+            send_concurrency=send_concurrency,
+            db_statement_timeout=db_statement_timeout,
         )
 
 

@@ -59,6 +59,9 @@ class ConnectionStatus(StrEnum):
     DISCONNECTED = "disconnected"
     #: the app was removed from the store
     UNINSTALLED = "uninstalled"
+    #: Meta refuses every request for a reason a person must fix (a retired API version,
+    #: every event refused): events wait, and are tried again now and then to see it healed
+    FAILING = "failing"
 
 
 class EventStatus(StrEnum):
@@ -167,6 +170,14 @@ class Event(Base):
             sqlite_where=text("order_ref IS NOT NULL"),
         ),
         Index("ix_events_due", "status", "next_attempt_at"),
+        # The claim reads only rows that may be due: its cost follows them, not the sent history.
+        Index(
+            "ix_events_claimable",
+            "connection_id",
+            "id",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status IN ('pending', 'sending')"),
+        ),
         Index("ix_events_connection_status", "connection_id", "status"),
     )
 
@@ -193,6 +204,8 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     order_ref: Mapped[str | None] = mapped_column(String(64))
     customer_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: times the row was claimed again after its worker's lease ran out (a worker died on it)
+    reclaims: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class OAuthState(Base):
@@ -211,3 +224,16 @@ class OAuthState(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerHeartbeat(Base):
+    """One running worker: when it last went round its loop, for the health check and metrics."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: rows claimed and sent since the worker started
+    claimed: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)

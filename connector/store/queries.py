@@ -25,6 +25,7 @@ from connector.store.models import (
     EventStatus,
     OAuthState,
     WebhookReceipt,
+    WorkerHeartbeat,
     utcnow,
 )
 
@@ -480,3 +481,57 @@ def reactivate(session: Session, conn: Connection) -> int:
         conn.status = ConnectionStatus.ACTIVE
         conn.status_reason = None
     return release_held(session, conn)
+
+
+# -- worker heartbeats ------------------------------------------------------------------
+
+#: a worker that has not beaten for this long is taken for dead
+WORKER_STALE_AFTER = timedelta(seconds=60)
+
+
+def beat(
+    session: Session, worker_id: str, *, now: datetime, claimed: int, sent: int
+) -> None:
+    """Record that ``worker_id`` went round its loop at ``now`` (insert or update its row)."""
+    table = cast(Table, WorkerHeartbeat.__table__)
+    stmt = (
+        _insert(session, table)
+        .values(
+            worker_id=worker_id, started_at=now, beat_at=now, claimed=claimed, sent=sent
+        )
+        .on_conflict_do_update(
+            index_elements=["worker_id"],
+            set_={"beat_at": now, "claimed": claimed, "sent": sent},
+        )
+    )
+    session.execute(stmt)
+    # Rows of workers long gone would only grow the table.
+    session.execute(
+        delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < now - timedelta(days=1))
+    )
+
+
+def forget_worker(session: Session, worker_id: str) -> None:
+    """A worker that stops cleanly removes its heartbeat."""
+    session.execute(
+        delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id)
+    )
+
+
+def worker_liveness(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
+    """Workers alive (a heartbeat within ``WORKER_STALE_AFTER``) and the newest beat's age.
+
+    Shape: ``{"alive": int, "stale": int, "last_beat_seconds": float | None}``; for the
+    health check and metrics.
+    """
+    now = now or utcnow()
+    beats = list(session.scalars(select(WorkerHeartbeat.beat_at)))
+    alive = sum(1 for b in beats if b >= now - WORKER_STALE_AFTER)
+    newest = max(beats, default=None)
+    return {
+        "alive": alive,
+        "stale": len(beats) - alive,
+        "last_beat_seconds": None
+        if newest is None
+        else round(max(0.0, (now - newest).total_seconds()), 1),
+    }
