@@ -379,8 +379,10 @@ class Dispatcher:
                 self._release(rows, at=target.backoff_until)
                 continue
             rows = self._dead_letter_unsendable(rows, now)
-            for i in range(0, len(rows), self.batch_size):
-                work.append(_Batch(target, rows[i : i + self.batch_size], started))
+            if rows:
+                # A connection's requests go one after another, so that a rate limit or a
+                # refused token stops the next one; different connections go in parallel.
+                work.append(_Batch(target, rows, started))
         futures = [self._senders.submit(self._send_safely, batch) for batch in work]
         for future in futures:
             future.result()
@@ -432,7 +434,9 @@ class Dispatcher:
     def _send(self, batch: _Batch) -> None:
         target = batch.target
         pixel_id, token = target.pixel_id or "", target.meta_token or ""
-        pending: list[list[Claimed]] = [batch.rows]
+        size = self.batch_size
+        chunks = [batch.rows[i : i + size] for i in range(0, len(batch.rows), size)]
+        pending: list[list[Claimed]] = chunks[::-1]
         while pending:
             chunk = pending.pop()
             rest = [r for c in pending for r in c]
