@@ -63,7 +63,8 @@ RECORD_ATTEMPTS = 4
 MAX_RECLAIMS = 3
 #: events of one connection taken per round of a claim, so no store waits behind another
 FAIR_SHARE = 100
-#: refused single events, with none accepted, after which a store is set aside as failing
+#: refused events, with none accepted, after which a store is set aside as failing (and at
+#: least a quarter of its batch: a few bad events among many good ones are only dead-lettered)
 ISOLATE_AFTER = 5
 #: requests one batch may cost before what is left of it waits for a later claim
 MAX_REQUESTS_PER_BATCH = 64
@@ -204,6 +205,7 @@ class Dispatcher:
         clock: Clock = utc_now,
         stop: threading.Event | None = None,
         concurrency: int | None = None,
+        claim_size: int | None = None,
     ) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
@@ -225,7 +227,7 @@ class Dispatcher:
         self.batch_size = max(1, min(self.settings.batch_size, 1000))
         self.concurrency = max(1, concurrency or self.settings.send_concurrency)
         # A claim feeds every sending thread: up to four requests' worth of rows per thread.
-        self.claim_size = self.batch_size * min(self.concurrency, 4)
+        self.claim_size = claim_size or self.batch_size * min(self.concurrency, 4)
         self.is_postgres = runtime.engine.dialect.name == "postgresql"
         self._senders = ThreadPoolExecutor(
             self.concurrency, thread_name_prefix="connector-send"
@@ -261,7 +263,7 @@ class Dispatcher:
         backed_off = select(CONNECTIONS.c.id).where(CONNECTIONS.c.backoff_until > now)
         rank = func.row_number().over(partition_by=t.c.connection_id, order_by=t.c.id)
         ranked = (
-            select(t.c.id.label("id"), ((rank - 1) / FAIR_SHARE).label("round"))
+            select(t.c.id.label("id"), ((rank - 1) // FAIR_SHARE).label("round"))
             .where(
                 # Spelled as the partial index's predicate, so the planner can use it.
                 t.c.status.in_([EventStatus.PENDING, EventStatus.SENDING]),
@@ -527,7 +529,7 @@ class Dispatcher:
                 self._fail_connection(target, [*chunk, *rest], decision, sent_with)
                 return
             if (
-                batch.refused_singles >= ISOLATE_AFTER
+                batch.refused_singles >= max(ISOLATE_AFTER, len(batch.rows) // 4)
                 and not batch.accepted
                 and pending
             ):

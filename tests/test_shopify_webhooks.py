@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -69,7 +70,10 @@ def headers_for(
         "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
         "X-Shopify-Event-Id": "98880550-7158-44d4-b7cd-2c97c8a091b5",
         "X-Shopify-API-Version": "2026-07",
-        "X-Shopify-Triggered-At": "2026-07-01T12:00:01.123456789Z",
+        # Shopify triggers an uninstall or a redaction after the install it ends, never before.
+        "X-Shopify-Triggered-At": datetime.now(UTC).isoformat()
+        if topic in ("app/uninstalled", "shop/redact")
+        else "2026-07-01T12:00:01.123456789Z",
     }
 
 

@@ -64,6 +64,11 @@ def make_engine(
     # one request, SQLAlchemy then empties the pool, and the platform retries the delivery.
     kwargs.setdefault("pool_recycle", 1800)
     connect_args = {**postgres_connect_args(statement_timeout)}
+    given = url.query.get("options")
+    if given and "options" in connect_args:
+        # Keep the URL's own options (a search_path, say) beside ours.
+        extra = " ".join(given) if isinstance(given, tuple) else given
+        connect_args["options"] = f"{extra} {connect_args['options']}"
     connect_args.update(kwargs.pop("connect_args", {}))
     kwargs["connect_args"] = connect_args
     if "poolclass" not in kwargs:

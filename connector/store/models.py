@@ -237,3 +237,19 @@ class WorkerHeartbeat(Base):
     #: rows claimed and sent since the worker started
     claimed: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RefreshLease(Base):
+    """Who may spend a connection's platform refresh token now (single use at the platform).
+
+    Taken in a short transaction of its own, so the HTTP call to the platform holds no lock
+    on the connection's row; it expires, so a process that died with it stops no one.
+    """
+
+    __tablename__ = "refresh_leases"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

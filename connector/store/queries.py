@@ -24,6 +24,7 @@ from connector.store.models import (
     Event,
     EventStatus,
     OAuthState,
+    RefreshLease,
     WebhookReceipt,
     WorkerHeartbeat,
     utcnow,
@@ -535,3 +536,38 @@ def worker_liveness(session: Session, *, now: datetime | None = None) -> dict[st
         if newest is None
         else round(max(0.0, (now - newest).total_seconds()), 1),
     }
+
+
+# -- refresh leases ---------------------------------------------------------------------
+
+
+def take_refresh_lease(
+    session: Session, connection_id: str, owner: str, *, now: datetime, ttl: timedelta
+) -> bool:
+    """Take the right to spend the connection's refresh token until ``now + ttl``.
+
+    True when taken: no lease, or one that expired (its holder died). A short transaction
+    of its own, so nothing stays locked while the platform is asked.
+    """
+    table = cast(Table, RefreshLease.__table__)
+    until = now + ttl
+    taken = session.execute(
+        _insert(session, table)
+        .values(connection_id=connection_id, owner=owner, expires_at=until)
+        .on_conflict_do_update(
+            index_elements=["connection_id"],
+            set_={"owner": owner, "expires_at": until},
+            where=table.c.expires_at <= now,
+        )
+        .returning(table.c.owner)
+    ).first()
+    return taken is not None and taken[0] == owner
+
+
+def drop_refresh_lease(session: Session, connection_id: str, owner: str) -> None:
+    """Give the lease back (only this owner's)."""
+    session.execute(
+        delete(RefreshLease).where(
+            RefreshLease.connection_id == connection_id, RefreshLease.owner == owner
+        )
+    )

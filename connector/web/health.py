@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector.store.models import Connection, Event, WebhookReceipt
-from connector.store.queries import event_counts
+from connector.store.queries import event_counts, worker_liveness
 from connector.web import get_runtime
 
 log = logging.getLogger(__name__)
@@ -21,10 +21,13 @@ def healthz() -> tuple[Response, int]:
     try:
         with get_runtime().sessions() as session:
             session.execute(text("SELECT 1"))
+            # Workers alive by their heartbeats: shown, not judged, since a web process
+            # is healthy whether or not a worker runs beside it.
+            workers = worker_liveness(session)
     except SQLAlchemyError as exc:
         log.error("health check: database unreachable: %s", type(exc).__name__)
         return jsonify(status="unavailable", reason="database unreachable"), 503
-    return jsonify(status="ok"), 200
+    return jsonify(status="ok", workers=workers), 200
 
 
 @bp.get("/metrics")

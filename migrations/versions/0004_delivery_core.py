@@ -1,4 +1,4 @@
-"""delivery core: claimable-rows index, re-claim counter, worker heartbeats
+"""delivery core: claimable-rows index, re-claim counter, worker heartbeats, refresh leases
 
 Revision ID: 0004
 Revises: 0002
@@ -44,9 +44,23 @@ def upgrade() -> None:
         sa.Column("sent", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("worker_id", name=op.f("pk_worker_heartbeats")),
     )
+    op.create_table(
+        "refresh_leases",
+        sa.Column("connection_id", sa.String(length=32), nullable=False),
+        sa.Column("owner", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["connection_id"],
+            ["connections.id"],
+            name=op.f("fk_refresh_leases_connection_id_connections"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("connection_id", name=op.f("pk_refresh_leases")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("refresh_leases")
     op.drop_table("worker_heartbeats")
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.drop_index(
