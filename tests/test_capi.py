@@ -23,8 +23,8 @@ from connector.capi import (
     appsecret_proof,
     build_request_body,
     encode_request_body,
-    failed_event_index,
     event_problem,
+    failed_event_index,
     parse_response,
 )
 from connector.config import Settings
