@@ -122,6 +122,7 @@ def run_soak(
     fail: float = 0.05,
     cut_seconds: float = 5.0,
     timeout: float = 900.0,
+    batch_size: int = 1000,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the soak on a scratch schema of PostgreSQL ``base_url``; the figures and findings."""
@@ -204,20 +205,21 @@ def run_soak(
             SECRET_KEY=secrets.token_hex(16),
             CONNECTOR_ENV="test",
             CONNECTOR_POLL_INTERVAL="0.2",
+            CONNECTOR_BATCH_SIZE=str(batch_size),
             META_GRAPH_URL=server.url,
         )
         started = time.monotonic()
         for w in range(workers):
-            out = (logs / f"worker-{w}.log").open("wb")
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "connector.cli", "worker"],
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
+            with (logs / f"worker-{w}.log").open("wb") as out:
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "connector.cli", "worker"],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
                 )
-            )
 
         def sent() -> int:
             assert runtime is not None

@@ -41,6 +41,8 @@ def test_a_soak_sends_each_healthy_event_exactly_once(database_url: str) -> None
         latency=(0.05, 0.4),
         cut_seconds=5.0,
         timeout=120.0,
+        # small requests, so that the disconnect and the cut fall amid the sends
+        batch_size=20,
     )
     print(rv)
     assert rv["never_sent"] == 0
