@@ -123,6 +123,7 @@ def run_soak(
     cut_seconds: float = 5.0,
     timeout: float = 900.0,
     batch_size: int = 1000,
+    lease_seconds: int = 120,
     log: Any = print,
 ) -> dict[str, Any]:
     """Run the soak on a scratch schema of PostgreSQL ``base_url``; the figures and findings."""
@@ -206,6 +207,7 @@ def run_soak(
             CONNECTOR_ENV="test",
             CONNECTOR_POLL_INTERVAL="0.2",
             CONNECTOR_BATCH_SIZE=str(batch_size),
+            CONNECTOR_LEASE_SECONDS=str(lease_seconds),
             META_GRAPH_URL=server.url,
         )
         started = time.monotonic()

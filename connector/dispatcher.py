@@ -20,10 +20,11 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, Text, and_, case, func, or_, select, type_coerce, update
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from connector import meta_oauth, registry
 from connector.capi import GraphClient, SendResult, event_problem, failed_event_index
@@ -75,6 +76,7 @@ EVENTS = cast(Table, Event.__table__)
 CONNECTIONS = cast(Table, Connection.__table__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -326,9 +328,8 @@ class Dispatcher:
             CONNECTIONS.c.test_event_code,
             CONNECTIONS.c.backoff_until,
         )
-        with self.runtime.sessions() as session:
-            rows = session.execute(select(*cols).where(CONNECTIONS.c.id.in_(list(ids))))
-            raw = [tuple(r) for r in rows]
+        stmt = select(*cols).where(CONNECTIONS.c.id.in_(list(ids)))
+        raw = self._db(lambda session: [tuple(r) for r in session.execute(stmt)])
         rv: dict[str, Target] = {}
         for conn_id, status, reason, pixel, sealed, test_code, backoff in raw:
             token: str | None = None
@@ -588,8 +589,9 @@ class Dispatcher:
             .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
             .returning(EVENTS.c.id)
         )
-        with self.runtime.sessions.begin() as session:
-            ours = {int(i) for i in session.execute(stmt).scalars()}
+        ours = self._db(
+            lambda session: {int(i) for i in session.execute(stmt).scalars()}
+        )
         lost = len(rows) - len(ours)
         if lost:
             self.stats.add("lease_lost", lost)
@@ -601,6 +603,33 @@ class Dispatcher:
         return [r for r in rows if r.id in ours]
 
     # -- recording outcomes -------------------------------------------------------------
+
+    def _db(self, work: Callable[[Session], T], *, until: float | None = None) -> T:
+        """Run ``work`` in a transaction; on a dropped connection, again on a fresh one.
+
+        Tried at least ``RECORD_ATTEMPTS`` times and until ``until`` (a monotonic time; half
+        a lease from now when None): a database that fails over or restarts for a few
+        seconds must not leave rows in ``sending`` until their lease runs out.
+        """
+        deadline = (
+            until if until is not None else time.monotonic() + self.lease_seconds / 2
+        )
+        attempt = 0
+        while True:
+            try:
+                with self.runtime.sessions.begin() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                attempt += 1
+                retryable = exc.connection_invalidated or isinstance(
+                    exc, OperationalError
+                )
+                if not retryable or (
+                    attempt >= RECORD_ATTEMPTS and time.monotonic() >= deadline
+                ):
+                    raise
+                log.warning("database write failed (%s); retrying", type(exc).__name__)
+                time.sleep(min(1.0, 0.2 * 2 ** min(attempt, 4)))
 
     def _update_leased(
         self,
@@ -621,29 +650,13 @@ class Dispatcher:
             .where(EVENTS.c.id.in_(ids), EVENTS.c.lease_owner == self.worker_id)
             .values(lease_owner=None, lease_expires_at=None, **values)
         )
-        attempt = 0
-        while True:
-            try:
-                with self.runtime.sessions.begin() as session:
-                    result = session.execute(stmt)
-                    changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
-                break
-            except DBAPIError as exc:
-                attempt += 1
-                retryable = exc.connection_invalidated or isinstance(
-                    exc, OperationalError
-                )
-                in_time = attempt < RECORD_ATTEMPTS or (
-                    keep_until is not None and time.monotonic() < keep_until
-                )
-                if not (retryable and in_time):
-                    raise
-                log.warning(
-                    "recording Meta's answer failed (%s); retrying", type(exc).__name__
-                )
-                # Even while stopping: the answer must be kept. The lease-owner guard makes
-                # a late write safe: it writes nothing if another worker took the rows.
-                time.sleep(min(1.0, 0.2 * 2 ** min(attempt, 4)))
+
+        def write(session: Session) -> int:
+            return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+        # Even while stopping: an answer in hand must be kept. The lease-owner guard makes a
+        # late write safe: it writes nothing if another worker took the rows meanwhile.
+        changed = self._db(write, until=keep_until)
         if changed != len(ids):
             self.stats.add("lease_lost", len(ids) - changed)
             log.warning(

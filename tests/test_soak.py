@@ -43,6 +43,8 @@ def test_a_soak_sends_each_healthy_event_exactly_once(database_url: str) -> None
         timeout=120.0,
         # small requests, so that the disconnect and the cut fall amid the sends
         batch_size=20,
+        # rows of a batch cut off mid-way wait one lease: keep it short
+        lease_seconds=20,
     )
     print(rv)
     assert rv["never_sent"] == 0
