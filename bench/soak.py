@@ -56,6 +56,9 @@ def faulty_graph(
     seed: int = 7,
 ) -> Any:
     """The fake Graph API behind a layer that is slow and refuses or fails some requests."""
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
     app = make_app(state)
     inner = app.wsgi_app
     rng = random.Random(seed)
