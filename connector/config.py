@@ -68,7 +68,7 @@ class Settings:
     poll_interval: float = 1.0
     http_timeout: float = 20.0
     #: requests a worker keeps in flight to Meta at once
-    send_concurrency: int = 8
+    send_concurrency: int = 16
     #: seconds a database statement may run before PostgreSQL cancels it (0: no limit)
     db_statement_timeout: float = 30.0
 
@@ -127,7 +127,7 @@ class Settings:
                 f"CONNECTOR_LEASE_SECONDS must be at least {MIN_LEASE_SECONDS} "
                 f"and at most {MAX_LEASE_SECONDS}"
             )
-        send_concurrency = _int(environ, "CONNECTOR_SEND_CONCURRENCY", 8, problems)
+        send_concurrency = _int(environ, "CONNECTOR_SEND_CONCURRENCY", 16, problems)
         if not 1 <= send_concurrency <= MAX_SEND_CONCURRENCY:
             problems.append(
                 f"CONNECTOR_SEND_CONCURRENCY must be between 1 and {MAX_SEND_CONCURRENCY}"

@@ -675,8 +675,8 @@ def check_tokens(
                 # Meta says the token works again (a refusal that was Meta's own passing
                 # fault, or a permission given back): send again, with the held events.
                 conn.status = ConnectionStatus.ACTIVE
-                if health.verdict == "ok":
-                    conn.status_reason = None
+                # An expiring token says so; a healthy one has nothing to say.
+                conn.status_reason = health.reason
                 released = queries.reactivate(session, conn)
                 log.info(
                     "meta token of connection %s is valid again; %d held events released",
