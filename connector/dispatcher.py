@@ -22,7 +22,20 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, Text, and_, case, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    BigInteger,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -274,21 +287,18 @@ class Dispatcher:
             )
             .subquery("ranked")
         )
-        pick = (
-            select(t.c.id)
-            .join(ranked, ranked.c.id == t.c.id)
-            # Checked again on the row itself: a row another worker leased meanwhile is skipped.
-            .where(due)
-            .order_by(ranked.c.round, t.c.id)
-            .limit(self.claim_size)
+        # Candidates in fair order, a few claims' worth so that rows other workers hold
+        # leave enough; then lock the first ones still free. Two statements, not a join:
+        # with stale statistics a join re-ran the ranking for every candidate.
+        candidates = (
+            select(ranked.c.id)
+            .order_by(ranked.c.round, ranked.c.id)
+            .limit(self.claim_size * 3)
         )
-        if self.is_postgres:
-            # SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
-            pick = pick.with_for_update(skip_locked=True, of=t)
         expired = t.c.status == EventStatus.SENDING
         stmt = (
             update(t)
-            .where(t.c.id.in_(pick.scalar_subquery()))
+            .where(t.c.id.in_(bindparam("picked", expanding=True)))
             .values(
                 status=EventStatus.SENDING,
                 lease_owner=self.worker_id,
@@ -310,7 +320,25 @@ class Dispatcher:
             )
         )
         with self.runtime.sessions.begin() as session:
-            rows = session.execute(stmt).all()
+            order = [int(i) for i in session.execute(candidates).scalars()]
+            if not order:
+                return []
+            if self.is_postgres:
+                # SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on
+                # each other; the row's due-ness is checked again under the lock.
+                ids = bindparam("ids", value=order, type_=ARRAY(BigInteger))
+                lock = (
+                    select(t.c.id)
+                    .where(t.c.id == func.any(ids), due)
+                    .order_by(func.array_position(ids, t.c.id))
+                    .limit(self.claim_size)
+                    .with_for_update(skip_locked=True)
+                )
+                picked = [int(i) for i in session.execute(lock).scalars()]
+            else:
+                # SQLite: BEGIN IMMEDIATE already made this transaction the only writer.
+                picked = order[: self.claim_size]
+            rows = session.execute(stmt, {"picked": picked}).all() if picked else []
         claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
         claimed.sort(key=lambda c: c.id)
         self.stats.add("claimed", len(claimed))

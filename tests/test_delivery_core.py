@@ -636,7 +636,7 @@ def test_the_claim_reads_the_claimable_rows_index(
     seen: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("UPDATE EVENTS"):
+        if "row_number() OVER" in statement:  # the claim's search for due rows
             seen.append((statement, params))
 
     event.listen(runtime.engine, "before_cursor_execute", capture)
