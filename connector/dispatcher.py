@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import (
-    BigInteger,
     Table,
     Text,
     and_,
@@ -32,10 +31,10 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     type_coerce,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -84,6 +83,20 @@ ISOLATE_AFTER = 5
 MAX_REQUESTS_PER_BATCH = 64
 #: seconds between two heartbeats of a worker
 HEARTBEAT_SECONDS = 5.0
+
+#: PostgreSQL: lock the first candidates still due and free, in the candidates' order
+_LOCK_CANDIDATES = text(
+    """
+    SELECT e.id
+    FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS c(id, n)
+    JOIN events AS e ON e.id = c.id
+    WHERE (e.status = 'pending' AND e.next_attempt_at <= :now)
+       OR (e.status = 'sending' AND e.lease_expires_at <= :now)
+    ORDER BY c.n
+    LIMIT :limit
+    FOR UPDATE OF e SKIP LOCKED
+    """
+)
 
 EVENTS = cast(Table, Event.__table__)
 CONNECTIONS = cast(Table, Connection.__table__)
@@ -326,15 +339,14 @@ class Dispatcher:
             if self.is_postgres:
                 # SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on
                 # each other; the row's due-ness is checked again under the lock.
-                ids = bindparam("ids", value=order, type_=ARRAY(BigInteger))
-                lock = (
-                    select(t.c.id)
-                    .where(t.c.id == func.any(ids), due)
-                    .order_by(func.array_position(ids, t.c.id))
-                    .limit(self.claim_size)
-                    .with_for_update(skip_locked=True)
-                )
-                picked = [int(i) for i in session.execute(lock).scalars()]
+                # Joined to the candidates in their order: one primary-key lookup each.
+                picked = [
+                    int(i)
+                    for i in session.execute(
+                        _LOCK_CANDIDATES,
+                        {"ids": order, "now": now, "limit": self.claim_size},
+                    ).scalars()
+                ]
             else:
                 # SQLite: BEGIN IMMEDIATE already made this transaction the only writer.
                 picked = order[: self.claim_size]
