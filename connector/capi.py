@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,11 @@ PARTNER_AGENT = f"capi-connector-{__version__}"
 #: the ``action_source`` values Meta's server-event parameters page lists
 ACTION_SOURCES = frozenset(get_args(ActionSource))
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+JSON_CONTENT_TYPE = "application/json"
+#: where Meta's error text names the event that sank a request ("data[3]", "events[3]")
+_EVENT_INDEX = re.compile(r"\b(?:data|events)\[(\d{1,4})\]")
+#: Graph's "this API version is deprecated or retired" (permanent until the setting changes)
+DEPRECATED_VERSION_CODE = 2635
 
 
 def _never_connected(exc: requests.RequestException) -> bool:
@@ -102,6 +109,30 @@ def encode_request_body(body: Mapping[str, Any]) -> str:
         for key, value in body.items()
     }
     return urlencode(fields)
+
+
+def encode_json_body(body: Mapping[str, Any]) -> bytes:
+    """The body as one JSON document: no percent-encoding pass over the events.
+
+    Meta's "Using the API" page shows the request body of ``POST /{pixel}/events`` as a JSON
+    object (``{"data": [...], ...}``) and the Graph API takes ``application/json`` bodies:
+    https://developers.facebook.com/docs/marketing-api/conversions-api/using-the-api
+    """
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def failed_event_index(error: GraphError, size: int) -> int | None:
+    """Which event of a ``size``-event request Meta's refusal names, or None when it names none.
+
+    Meta's event errors (code 100, subcode 2804xxx) say where the bad event sits in the
+    ``error_user_msg`` it adds to the message ("data[3]: ..."); naming one saves splitting
+    the request in halves to find it.
+    """
+    found = {int(m) for m in _EVENT_INDEX.findall(str(error))}
+    if len(found) != 1:
+        return None
+    (index,) = found
+    return index if 0 <= index < size else None
 
 
 def event_problem(event: Mapping[str, Any]) -> str | None:
@@ -205,12 +236,25 @@ class GraphClient:
         self, settings: Settings, http: requests.Session | None = None
     ) -> None:
         self.settings = settings
-        self.session = http if http is not None else requests.Session()
-        # A Session names itself python-requests/x; Meta's logs should name the connector.
-        agent = str(self.session.headers.get("User-Agent") or "")
-        if not agent or agent.startswith("python-requests/"):
-            self.session.headers["User-Agent"] = PARTNER_AGENT
+        self._given = http
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._lock = threading.Lock()
         self.timeout = settings.http_timeout
+
+    @property
+    def session(self) -> requests.Session:
+        """The calling thread's ``requests.Session`` (the one given, when one was)."""
+        if self._given is not None:
+            return _named(self._given)
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            # One per thread: a Session's connection pool is not meant to be shared.
+            session = _named(requests.Session())
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
 
     @property
     def graph_base(self) -> str:
@@ -245,7 +289,7 @@ class GraphClient:
             test_event_code=test_event_code,
         )
         url = self.events_url(pixel_id)
-        payload = encode_request_body(body)
+        payload = encode_json_body(body)
         started = time.monotonic()
         try:
             rv = self._post(url, payload)
@@ -260,12 +304,12 @@ class GraphClient:
         metrics.observe_graph_request(time.monotonic() - started, len(events), "ok")
         return rv
 
-    def _post(self, url: str, payload: str) -> SendResult:
+    def _post(self, url: str, payload: bytes) -> SendResult:
         try:
             resp = self.session.post(
                 url,
-                data=payload.encode("ascii"),
-                headers={"Content-Type": FORM_CONTENT_TYPE},
+                data=payload,
+                headers={"Content-Type": JSON_CONTENT_TYPE},
                 timeout=self.timeout,
             )
         except requests.ConnectTimeout as exc:
@@ -290,4 +334,17 @@ class GraphClient:
         return rv
 
     def close(self) -> None:
-        self.session.close()
+        if self._given is not None:
+            self._given.close()
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+
+def _named(session: requests.Session) -> requests.Session:
+    # A Session names itself python-requests/x; Meta's logs should name the connector.
+    agent = str(session.headers.get("User-Agent") or "")
+    if not agent or agent.startswith("python-requests/"):
+        session.headers["User-Agent"] = PARTNER_AGENT
+    return session

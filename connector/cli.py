@@ -20,7 +20,7 @@ from sqlalchemy import column, select, table, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from connector import __version__, logs
-from connector.config import load_settings
+from connector.config import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, load_settings
 from connector.crypto import generate_key, keyring
 from connector.errors import ConnectorError, GraphError
 from connector.events import PURCHASE, CanonicalEvent, CustomData, UserData
@@ -160,6 +160,7 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
     app = create_app(runtime=runtime)
     stop = threading.Event()
     runner = None
+    thread: threading.Thread | None = None
     if not no_worker:
         from connector import dispatcher, jobs
 
@@ -182,6 +183,11 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
         stop.set()
         if runner is not None:
             runner.stop()
+        if thread is not None:
+            # Ctrl-C: the worker finishes or releases its batch before the process ends.
+            from connector.dispatcher import SHUTDOWN_GRACE_SECONDS
+
+            thread.join(SHUTDOWN_GRACE_SECONDS)
 
 
 @cli.command()
@@ -194,7 +200,7 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
 )
 @click.option(
     "--lease-seconds",
-    type=click.IntRange(1),
+    type=click.IntRange(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
     default=None,
     help="How long claimed events stay with this worker before another may take them over.",
 )

@@ -25,6 +25,10 @@ DEFAULT_API_VERSION = "v25.0"
 DEFAULT_SHOPIFY_ADMIN_URL_TEMPLATE = "https://{shop}"
 DEFAULT_SHOPIFY_SCOPES = "read_orders"
 SECRETS_FILE = "secrets.json"
+#: the range of a worker's lease, the same for CONNECTOR_LEASE_SECONDS and --lease-seconds
+MIN_LEASE_SECONDS = 2
+MAX_LEASE_SECONDS = 3600
+MAX_SEND_CONCURRENCY = 64
 
 
 #: the distribution's name, also the per-user data folder's
@@ -111,6 +115,10 @@ class Settings:
     retain_receipts_days: int = 7
     #: seconds between order sweeps of every connection (CONNECTOR_SWEEP_INTERVAL)
     sweep_interval: float = 900.0
+    #: requests a worker keeps in flight to Meta at once
+    send_concurrency: int = 16
+    #: seconds a database statement may run before PostgreSQL cancels it (0: no limit)
+    db_statement_timeout: float = 30.0
 
     @property
     def is_production(self) -> bool:
@@ -166,8 +174,21 @@ class Settings:
                 "CONNECTOR_BATCH_SIZE must be between 1 and 1000 (Meta's limit)"
             )
         lease_seconds = _int(environ, "CONNECTOR_LEASE_SECONDS", 120, problems)
-        if lease_seconds < 10:
-            problems.append("CONNECTOR_LEASE_SECONDS must be at least 10")
+        if not MIN_LEASE_SECONDS <= lease_seconds <= MAX_LEASE_SECONDS:
+            problems.append(
+                f"CONNECTOR_LEASE_SECONDS must be at least {MIN_LEASE_SECONDS} "
+                f"and at most {MAX_LEASE_SECONDS}"
+            )
+        send_concurrency = _int(environ, "CONNECTOR_SEND_CONCURRENCY", 16, problems)
+        if not 1 <= send_concurrency <= MAX_SEND_CONCURRENCY:
+            problems.append(
+                f"CONNECTOR_SEND_CONCURRENCY must be between 1 and {MAX_SEND_CONCURRENCY}"
+            )
+        db_statement_timeout = _float(
+            environ, "CONNECTOR_DB_STATEMENT_TIMEOUT", 30.0, problems
+        )
+        if db_statement_timeout < 0:
+            problems.append("CONNECTOR_DB_STATEMENT_TIMEOUT must not be negative")
         poll_interval = _float(environ, "CONNECTOR_POLL_INTERVAL", 1.0, problems)
         http_timeout = _float(environ, "CONNECTOR_HTTP_TIMEOUT", 20.0, problems)
         sweep_interval = _float(environ, "CONNECTOR_SWEEP_INTERVAL", 900.0, problems)
@@ -263,6 +284,8 @@ class Settings:
             retain_personal_data_days=retain_personal,
             retain_receipts_days=retain_receipts,
             sweep_interval=sweep_interval,
+            send_concurrency=send_concurrency,
+            db_statement_timeout=db_statement_timeout,
         )
 
 

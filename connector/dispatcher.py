@@ -15,20 +15,37 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, and_, case, or_, select, update
+from sqlalchemy import (
+    Table,
+    Text,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
 from connector import logs, metrics
-from connector.capi import GraphClient, SendResult, event_problem
-from connector.errors import GraphError
+from connector.capi import GraphClient, SendResult, event_problem, failed_event_index
+from connector.crypto import keyring
+from connector.errors import CryptoError, GraphError
 from connector.retry import (
     DEFAULT_POLICY,
     Dead,
+    Failing,
     Hold,
     RateLimited,
     RetryAt,
@@ -39,6 +56,7 @@ from connector.retry import (
     classify,
 )
 from connector.runtime import Runtime
+from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, Event, EventStatus
 
 log = logging.getLogger(__name__)
@@ -47,13 +65,43 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_SECONDS = 20.0
 #: a send must end well inside the grace period, whatever http_timeout says
 MAX_SEND_SECONDS = 15.0
-#: tries to record Meta's answer when the database connection drops meanwhile
+#: share of the lease one request may use: the answer is recorded while the lease still holds
+SEND_SHARE_OF_LEASE = 0.8
+#: share of the lease a claim may use before it gives the rows it has not sent yet back
+CLAIM_SHARE_OF_LEASE = 0.75
+#: tries to record Meta's answer at least, however short the lease
 RECORD_ATTEMPTS = 4
+#: a row claimed again after this many expired leases keeps killing its worker: dead-letter it
+MAX_RECLAIMS = 3
+#: events of one connection taken per round of a claim, so no store waits behind another
+FAIR_SHARE = 100
+#: refused events, with none accepted, after which a store is set aside as failing (and at
+#: least a quarter of its batch: a few bad events among many good ones are only dead-lettered)
+ISOLATE_AFTER = 5
+#: requests one batch may cost before what is left of it waits for a later claim
+MAX_REQUESTS_PER_BATCH = 64
+#: seconds between two heartbeats of a worker
+HEARTBEAT_SECONDS = 5.0
+
+#: PostgreSQL: lock the first candidates still due and free, in the candidates' order
+_LOCK_CANDIDATES = text(
+    """
+    SELECT e.id
+    FROM unnest(CAST(:ids AS bigint[])) WITH ORDINALITY AS c(id, n)
+    JOIN events AS e ON e.id = c.id
+    WHERE (e.status = 'pending' AND e.next_attempt_at <= :now)
+       OR (e.status = 'sending' AND e.lease_expires_at <= :now)
+    ORDER BY c.n
+    LIMIT :limit
+    FOR UPDATE OF e SKIP LOCKED
+    """
+)
 
 EVENTS = cast(Table, Event.__table__)
 CONNECTIONS = cast(Table, Connection.__table__)
 
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 
 
 def utc_now() -> datetime:
@@ -69,6 +117,8 @@ class Claimed:
     event_time: datetime
     payload: dict[str, Any]
     attempts: int
+    #: times this row was claimed again after a lease ran out
+    reclaims: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +132,13 @@ class Target:
     meta_token: str | None
     test_event_code: str | None
     backoff_until: datetime | None
+    #: why the stored token could not be read (a key that was removed), or None
+    token_problem: str | None = None
 
     def hold_reason(self) -> str | None:
         """Why this connection's events must wait for a person, or None when they may go."""
+        if self.token_problem is not None:
+            return f"held: {self.token_problem}"
         if self.status == ConnectionStatus.NEEDS_RECONNECT:
             why = f" ({self.status_reason})" if self.status_reason else ""
             return f"held: the connection needs Meta reconnected{why}"
@@ -92,7 +146,7 @@ class Target:
             return "held: the app was uninstalled from the store"
         if self.status == ConnectionStatus.DISCONNECTED:
             return "held: Meta is disconnected for this store"
-        if self.status != ConnectionStatus.ACTIVE:
+        if self.status not in (ConnectionStatus.ACTIVE, ConnectionStatus.FAILING):
             return f"held: the connection is {self.status}"
         if not self.pixel_id:
             return "held: no Meta pixel chosen for this connection"
@@ -115,9 +169,15 @@ class Stats:
     requests: int = 0
     #: requests where Meta's events_received differed from the number sent
     mismatches: int = 0
-    #: rows whose lease another worker took before this one recorded its answer
+    #: rows whose lease another worker took before this one sent or recorded them
     lease_lost: int = 0
     started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Count ``n`` more of ``name``; sends run in several threads at once."""
+        with self.lock:
+            setattr(self, name, getattr(self, name) + n)
 
     def summary(self) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
@@ -141,8 +201,25 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"[:64]
 
 
+class _Batch:
+    """One connection's share of a claim, sent by one thread: the rows and what they cost."""
+
+    def __init__(self, target: Target, rows: list[Claimed], started: float) -> None:
+        self.target = target
+        self.rows = rows
+        self.started = started
+        self.requests = 0
+        self.accepted = False
+        self.refused_singles = 0
+
+
 class Dispatcher:
-    """Claims, sends and records; one per worker thread."""
+    """Claims, sends and records; one per worker process (or ``serve`` thread).
+
+    Requests for different batches run in parallel (``CONNECTOR_SEND_CONCURRENCY``), each
+    row's lease is renewed right before the request that carries it, and every database
+    write is a short transaction of its own.
+    """
 
     def __init__(
         self,
@@ -154,11 +231,20 @@ class Dispatcher:
         rand: Callable[[], float] = random.random,
         clock: Clock = utc_now,
         stop: threading.Event | None = None,
+        concurrency: int | None = None,
+        claim_size: int | None = None,
     ) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.client = client or GraphClient(runtime.settings)
-        self.client.timeout = min(self.client.timeout, MAX_SEND_SECONDS)
+        self.lease_seconds = float(self.settings.lease_seconds)
+        #: the whole exchange of one request, DNS and a trickling answer included
+        self.send_deadline = min(
+            self.settings.http_timeout,
+            MAX_SEND_SECONDS,
+            self.lease_seconds * SEND_SHARE_OF_LEASE,
+        )
+        self.client.timeout = min(self.client.timeout, self.send_deadline)
         self.worker_id = worker_id or default_worker_id()
         self.policy = policy
         self.rand = rand
@@ -166,88 +252,153 @@ class Dispatcher:
         self.stop = stop or threading.Event()
         self.stats = Stats()
         self.batch_size = max(1, min(self.settings.batch_size, 1000))
+        self.concurrency = max(1, concurrency or self.settings.send_concurrency)
+        # A claim feeds every sending thread: up to four requests' worth of rows per thread.
+        self.claim_size = claim_size or self.batch_size * min(self.concurrency, 4)
         self.is_postgres = runtime.engine.dialect.name == "postgresql"
+        self._senders = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="connector-send"
+        )
+        # The HTTP exchanges run apart so that a send can be given up at its deadline; a
+        # few spare threads take the place of exchanges that are still dangling.
+        self._http = ThreadPoolExecutor(
+            self.concurrency + 4, thread_name_prefix="connector-http"
+        )
+        self._last_beat = 0.0
+
+    def close(self) -> None:
+        """Wait for the sending threads; drop exchanges past their deadline."""
+        self._senders.shutdown(wait=True)
+        self._http.shutdown(wait=False, cancel_futures=True)
 
     # -- claiming -----------------------------------------------------------------------
 
     def claim(self) -> list[Claimed]:
-        """Lease up to one batch of due rows: pending and due, or leased by a worker that died."""
+        """Lease due rows, fairly across connections: pending and due, or leased by a dead worker.
+
+        Rows are taken round by round, ``FAIR_SHARE`` of each connection per round, oldest
+        first, so a store with a large backlog cannot starve one with a few events. Only
+        rows in the partial index ``ix_events_claimable`` are read: the cost follows the due
+        rows, never the sent history.
+        """
         now = self.clock()
         t = EVENTS
+        due = or_(
+            and_(t.c.status == EventStatus.PENDING, t.c.next_attempt_at <= now),
+            and_(t.c.status == EventStatus.SENDING, t.c.lease_expires_at <= now),
+        )
         backed_off = select(CONNECTIONS.c.id).where(CONNECTIONS.c.backoff_until > now)
-        due = (
-            select(t.c.id)
+        rank = func.row_number().over(partition_by=t.c.connection_id, order_by=t.c.id)
+        ranked = (
+            select(t.c.id.label("id"), ((rank - 1) // FAIR_SHARE).label("round"))
             .where(
-                or_(
-                    and_(
-                        t.c.status == EventStatus.PENDING,
-                        t.c.next_attempt_at <= now,
-                    ),
-                    and_(
-                        t.c.status == EventStatus.SENDING,
-                        t.c.lease_expires_at <= now,
-                    ),
-                ),
+                # Spelled as the partial index's predicate, so the planner can use it.
+                t.c.status.in_([EventStatus.PENDING, EventStatus.SENDING]),
+                due,
                 t.c.connection_id.not_in(backed_off),
             )
-            .order_by(t.c.id)
-            .limit(self.batch_size)
+            .subquery("ranked")
         )
-        if self.is_postgres:
-            # SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on each other.
-            due = due.with_for_update(skip_locked=True, of=t)
+        # Candidates in fair order, a few claims' worth so that rows other workers hold
+        # leave enough; then lock the first ones still free. Two statements, not a join:
+        # with stale statistics a join re-ran the ranking for every candidate.
+        candidates = (
+            select(ranked.c.id)
+            .order_by(ranked.c.round, ranked.c.id)
+            .limit(self.claim_size * 3)
+        )
+        expired = t.c.status == EventStatus.SENDING
         stmt = (
             update(t)
-            .where(t.c.id.in_(due.scalar_subquery()))
+            .where(t.c.id.in_(bindparam("picked", expanding=True)))
             .values(
                 status=EventStatus.SENDING,
                 lease_owner=self.worker_id,
-                lease_expires_at=now + timedelta(seconds=self.settings.lease_seconds),
+                lease_expires_at=now + timedelta(seconds=self.lease_seconds),
                 # A lease that ran out belonged to a worker that died, perhaps after Meta
-                # counted its request: sending again is a possible re-send, so count it.
-                send_count=case(
-                    (t.c.status == EventStatus.SENDING, t.c.send_count + 1),
-                    else_=t.c.send_count,
-                ),
+                # counted its request: sending again is a possible re-send, so count it, and
+                # count the try, so a row that kills every worker ends dead, not in a loop.
+                send_count=case((expired, t.c.send_count + 1), else_=t.c.send_count),
+                attempts=case((expired, t.c.attempts + 1), else_=t.c.attempts),
+                reclaims=case((expired, t.c.reclaims + 1), else_=t.c.reclaims),
             )
             .returning(
-                t.c.id, t.c.connection_id, t.c.event_time, t.c.payload, t.c.attempts
+                t.c.id,
+                t.c.connection_id,
+                t.c.event_time,
+                t.c.payload,
+                t.c.attempts,
+                t.c.reclaims,
             )
         )
         with self.runtime.sessions.begin() as session:
-            rows = session.execute(stmt).all()
-        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+            order = [int(i) for i in session.execute(candidates).scalars()]
+            if not order:
+                return []
+            if self.is_postgres:
+                # SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on
+                # each other; the row's due-ness is checked again under the lock.
+                # Joined to the candidates in their order: one primary-key lookup each.
+                picked = [
+                    int(i)
+                    for i in session.execute(
+                        _LOCK_CANDIDATES,
+                        {"ids": order, "now": now, "limit": self.claim_size},
+                    ).scalars()
+                ]
+            else:
+                # SQLite: BEGIN IMMEDIATE already made this transaction the only writer.
+                picked = order[: self.claim_size]
+            rows = session.execute(stmt, {"picked": picked}).all() if picked else []
+        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]
         claimed.sort(key=lambda c: c.id)
-        self.stats.claimed += len(claimed)
+        self.stats.add("claimed", len(claimed))
         return claimed
 
     def _targets(self, ids: Iterable[str]) -> dict[str, Target]:
         cols = (
-            Connection.id,
-            Connection.status,
-            Connection.status_reason,
-            Connection.pixel_id,
-            Connection.meta_token,
-            Connection.test_event_code,
-            Connection.backoff_until,
+            CONNECTIONS.c.id,
+            CONNECTIONS.c.status,
+            CONNECTIONS.c.status_reason,
+            CONNECTIONS.c.pixel_id,
+            # The ciphertext: each connection's token is decrypted on its own, so one that
+            # cannot be read holds that connection and no other.
+            type_coerce(CONNECTIONS.c.meta_token, Text),
+            CONNECTIONS.c.test_event_code,
+            CONNECTIONS.c.backoff_until,
         )
-        with self.runtime.sessions() as session:
-            rows = session.execute(select(*cols).where(Connection.id.in_(list(ids))))
-            return {r[0]: Target(*r) for r in rows}
+        stmt = select(*cols).where(CONNECTIONS.c.id.in_(list(ids)))
+        raw = self._db(lambda session: [tuple(r) for r in session.execute(stmt)])
+        rv: dict[str, Target] = {}
+        for conn_id, status, reason, pixel, sealed, test_code, backoff in raw:
+            token: str | None = None
+            problem: str | None = None
+            if sealed is not None:
+                try:
+                    token = keyring.decrypt(sealed)
+                except CryptoError:
+                    problem = (
+                        "the stored Meta token cannot be decrypted with "
+                        "CONNECTOR_ENCRYPTION_KEYS (its key was removed?); add the key back "
+                        "or reconnect Meta"
+                    )
+            rv[conn_id] = Target(
+                conn_id, status, reason, pixel, token, test_code, backoff, problem
+            )
+        return rv
 
-    # -- one batch ----------------------------------------------------------------------
+    # -- one claim ----------------------------------------------------------------------
 
     def process(self, claimed: Sequence[Claimed]) -> None:
-        """Send a claimed batch, connection by connection, and record every outcome."""
+        """Send a claim, each connection's rows as batches of their own, several at once."""
+        started = time.monotonic()
+        claimed = self._dead_letter_reclaimed(claimed)
         groups: dict[str, list[Claimed]] = {}
         for row in claimed:
             groups.setdefault(row.connection_id, []).append(row)
         targets = self._targets(groups)
+        work: list[_Batch] = []
         for conn_id, rows in groups.items():
-            logs.bind(
-                connection_id=conn_id,
-                event_ids=[r.payload.get("event_id") for r in rows],
-            )
             target = targets.get(conn_id)
             if (
                 target is None
@@ -255,6 +406,11 @@ class Dispatcher:
                 continue
             if self.stop.is_set():
                 self._release(rows)
+                continue
+            if target.token_problem is not None:
+                self._hold_connection(
+                    target, rows, target.token_problem, sent_with=None
+                )
                 continue
             reason = target.hold_reason()
             if reason is not None:
@@ -266,9 +422,29 @@ class Dispatcher:
                 self._release(rows, at=target.backoff_until)
                 continue
             rows = self._dead_letter_unsendable(rows, now)
-            if rows and target.pixel_id and target.meta_token:
-                self._send(target, target.pixel_id, target.meta_token, rows)
-        logs.bind(connection_id=None, event_ids=None)
+            if rows:
+                # A connection's requests go one after another, so that a rate limit or a
+                # refused token stops the next one; different connections go in parallel.
+                work.append(_Batch(target, rows, started))
+        futures = [self._senders.submit(self._send_safely, batch) for batch in work]
+        for future in futures:
+            future.result()
+
+    def _dead_letter_reclaimed(self, claimed: Sequence[Claimed]) -> list[Claimed]:
+        keep: list[Claimed] = []
+        for row in claimed:
+            if row.reclaims > MAX_RECLAIMS:
+                self._dead(
+                    [row],
+                    Dead(
+                        kind="stuck",
+                        reason=f"its worker stopped without an answer {row.reclaims} times "
+                        "while holding it; look at the worker logs before a replay",
+                    ),
+                )
+            else:
+                keep.append(row)
+        return keep
 
     def _dead_letter_unsendable(
         self, rows: list[Claimed], now: datetime
@@ -290,99 +466,252 @@ class Dispatcher:
                 self._dead([row], verdict)
         return keep
 
-    def _send(
-        self, target: Target, pixel_id: str, token: str, rows: list[Claimed]
-    ) -> None:
-        pending: list[list[Claimed]] = [rows]
+    def _send_safely(self, batch: _Batch) -> None:
+        # On the sender's thread: its log lines name the connection and the events they concern.
+        logs.bind(
+            connection_id=batch.target.id,
+            event_ids=[r.payload.get("event_id") for r in batch.rows],
+        )
+        try:
+            self._send(batch)
+        except Exception:
+            # One batch's failure (the database gone mid-way, a bug) must not stop the others;
+            # its rows keep their lease and go again once it runs out.
+            log.exception(
+                "sending a batch of connection %s failed; its rows go again after their lease",
+                batch.target.id,
+            )
+        finally:
+            logs.bind(connection_id=None, event_ids=None)
+
+    def _send(self, batch: _Batch) -> None:
+        target = batch.target
+        pixel_id, token = target.pixel_id or "", target.meta_token or ""
+        size = self.batch_size
+        chunks = [batch.rows[i : i + size] for i in range(0, len(batch.rows), size)]
+        pending: list[list[Claimed]] = chunks[::-1]
         while pending:
             chunk = pending.pop()
+            rest = [r for c in pending for r in c]
             if self.stop.is_set():
-                self._release([r for c in [chunk, *pending] for r in c])
+                self._release([*chunk, *rest])
                 return
-            result: SendResult | None = None
-            error: GraphError | None = None
-            try:
-                result = self.client.send_events(
-                    pixel_id,
-                    token,
-                    [r.payload for r in chunk],
-                    test_event_code=target.test_event_code,
-                )
-            except GraphError as exc:
-                error = exc
-            except ValueError as exc:
+            if (
+                time.monotonic() - batch.started
+                > self.lease_seconds * CLAIM_SHARE_OF_LEASE
+                or batch.requests >= MAX_REQUESTS_PER_BATCH
+            ):
+                # This claim has had its time: what is left goes back for a later claim.
+                self._release([*chunk, *rest])
+                return
+            live = self._renew(chunk)
+            if not live:
+                continue
+            chunk = live
+            lease_end = time.monotonic() + self.lease_seconds
+            result, error = self._exchange(target, pixel_id, token, chunk)
+            if isinstance(error, ValueError):
                 # The connection's settings cannot make a request (a pixel id that is not
                 # digits): no retry can help, and a crash would loop on the same rows.
-                rest = [r for c in [chunk, *pending] for r in c]
-                self._hold_connection(target, rest, f"cannot send to Meta: {exc}")
+                self._hold_connection(
+                    target,
+                    [*chunk, *rest],
+                    f"cannot send to Meta: {error}",
+                    sent_with=None,
+                )
                 return
-            self.stats.requests += 1
+            graph_error = error if isinstance(error, GraphError) else None
+            batch.requests += 1
+            self.stats.add("requests")
             decision = classify(
-                error,
+                graph_error,
                 batch_size=len(chunk),
                 attempts=max(r.attempts for r in chunk),
                 now=self.clock(),
                 policy=self.policy,
                 rand=self.rand,
             )
-            metrics.count_decision(decision, len(chunk), error.code if error else None)
+            metrics.count_decision(
+                decision, len(chunk), graph_error.code if graph_error else None
+            )
             # Only a request Meta may have processed counts as a send: a 4xx refusal counts nothing.
-            reached = error is None or _may_have_reached_meta(error)
+            reached = graph_error is None or _may_have_reached_meta(graph_error)
+            sent_with = (pixel_id, token)
             if isinstance(decision, Sent) and result is not None:
-                self._sent(target, chunk, result)
+                batch.accepted = True
+                self._sent(target, chunk, result, lease_end)
             elif isinstance(decision, Split):
-                mid = len(chunk) // 2
-                log.info(
-                    "pixel %s refused %d events; splitting to find the invalid ones",
-                    target.pixel_id,
-                    len(chunk),
+                index = (
+                    None
+                    if graph_error is None
+                    else failed_event_index(graph_error, len(chunk))
                 )
-                pending.extend([chunk[mid:], chunk[:mid]])
+                if index is not None:
+                    # Meta named the event: it alone is dead, the others go again together.
+                    bad = chunk[index]
+                    others = chunk[:index] + chunk[index + 1 :]
+                    self._dead(
+                        [bad], Dead(reason=f"Meta rejected the event ({graph_error})")
+                    )
+                    batch.refused_singles += 1
+                    if others:
+                        pending.append(others)
+                else:
+                    mid = len(chunk) // 2
+                    log.info(
+                        "pixel %s refused %d events; splitting to find the invalid ones",
+                        target.pixel_id,
+                        len(chunk),
+                    )
+                    pending.extend([chunk[mid:], chunk[:mid]])
             elif isinstance(decision, Dead):
                 self._dead(chunk, decision)
+                batch.refused_singles += len(chunk)
             elif isinstance(decision, RetryAt):
                 self._retry(chunk, decision.when, decision.reason, reached=reached)
             elif isinstance(decision, RateLimited):
                 self._rate_limited(target, chunk, decision, reached=reached)
-                rest = [r for c in pending for r in c]
                 if rest:
                     self._rate_limited(target, rest, decision, reached=False)
                 return
             elif isinstance(decision, Hold):
-                rest = [r for c in [chunk, *pending] for r in c]
-                self._hold_connection(target, rest, decision.reason)
+                self._hold_connection(
+                    target, [*chunk, *rest], decision.reason, sent_with=sent_with
+                )
                 return
+            elif isinstance(decision, Failing):
+                self._fail_connection(target, [*chunk, *rest], decision, sent_with)
+                return
+            if (
+                batch.refused_singles >= max(ISOLATE_AFTER, len(batch.rows) // 4)
+                and not batch.accepted
+                and pending
+            ):
+                # Every event tried was refused: the store's events are broken at the source.
+                # It costs its own requests only, and waits while a person looks.
+                left = [r for c in pending for r in c]
+                self._fail_connection(
+                    target,
+                    left,
+                    Failing(
+                        reason=f"Meta refused each of the {batch.refused_singles} events "
+                        "of this store that were tried (see the dead events); the rest wait",
+                        until=self.clock() + timedelta(hours=1),
+                    ),
+                    sent_with,
+                )
+                return
+
+    def _exchange(
+        self, target: Target, pixel_id: str, token: str, chunk: Sequence[Claimed]
+    ) -> tuple[SendResult | None, Exception | None]:
+        """One request, bounded as a whole by ``send_deadline`` (DNS and slow answers too)."""
+        future = self._http.submit(
+            self.client.send_events,
+            pixel_id,
+            token,
+            [r.payload for r in chunk],
+            test_event_code=target.test_event_code,
+        )
+        try:
+            return future.result(timeout=self.send_deadline + 1.0), None
+        except (GraphError, ValueError) as exc:
+            return None, exc
+        except FuturesTimeout:
+            started = not future.cancel()
+            # Still running: Meta may yet count it, so it is a possible send; never started
+            # (every HTTP thread busy with dangling exchanges): it reached nobody.
+            return None, GraphError(
+                f"Meta did not answer within {self.send_deadline:g} s",
+                is_transient=True,
+                may_have_reached=started,
+            )
+
+    # -- leases -------------------------------------------------------------------------
+
+    def _renew(self, rows: Sequence[Claimed]) -> list[Claimed]:
+        """Extend the lease of the rows still ours; only those may be sent now."""
+        now = self.clock()
+        stmt = (
+            update(EVENTS)
+            .where(
+                EVENTS.c.id.in_([r.id for r in rows]),
+                EVENTS.c.lease_owner == self.worker_id,
+                EVENTS.c.status == EventStatus.SENDING,
+            )
+            .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
+            .returning(EVENTS.c.id)
+        )
+        ours = self._db(
+            lambda session: {int(i) for i in session.execute(stmt).scalars()}
+        )
+        lost = len(rows) - len(ours)
+        if lost:
+            self.stats.add("lease_lost", lost)
+            log.warning(
+                "%d of %d rows are no longer leased to this worker; they are not sent by it",
+                lost,
+                len(rows),
+            )
+        return [r for r in rows if r.id in ours]
 
     # -- recording outcomes -------------------------------------------------------------
 
-    def _update_leased(self, rows: Sequence[Claimed], **values: Any) -> int:
+    def _db(self, work: Callable[[Session], T], *, until: float | None = None) -> T:
+        """Run ``work`` in a transaction; on a dropped connection, again on a fresh one.
+
+        Tried at least ``RECORD_ATTEMPTS`` times and until ``until`` (a monotonic time; half
+        a lease from now when None): a database that fails over or restarts for a few
+        seconds must not leave rows in ``sending`` until their lease runs out.
+        """
+        deadline = (
+            until if until is not None else time.monotonic() + self.lease_seconds / 2
+        )
+        attempt = 0
+        while True:
+            try:
+                with self.runtime.sessions.begin() as session:
+                    return work(session)
+            except DBAPIError as exc:
+                attempt += 1
+                retryable = exc.connection_invalidated or isinstance(
+                    exc, OperationalError
+                )
+                if not retryable or (
+                    attempt >= RECORD_ATTEMPTS and time.monotonic() >= deadline
+                ):
+                    raise
+                log.warning("database write failed (%s); retrying", type(exc).__name__)
+                time.sleep(min(1.0, 0.2 * 2 ** min(attempt, 4)))
+
+    def _update_leased(
+        self,
+        rows: Sequence[Claimed],
+        *,
+        keep_until: float | None = None,
+        **values: Any,
+    ) -> int:
+        """Write an outcome to the rows this worker still leases; the number written.
+
+        With ``keep_until`` (a monotonic time, the lease's end) a write that fails on a
+        dropped database connection is tried again until then: Meta's answer is in hand,
+        and losing it means sending the events again.
+        """
         ids = [r.id for r in rows]
         stmt = (
             update(EVENTS)
             .where(EVENTS.c.id.in_(ids), EVENTS.c.lease_owner == self.worker_id)
             .values(lease_owner=None, lease_expires_at=None, **values)
         )
-        for attempt in range(RECORD_ATTEMPTS):
-            try:
-                with self.runtime.sessions.begin() as session:
-                    result = session.execute(stmt)
-                    changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
-                break
-            except DBAPIError as exc:
-                # Meta's answer is in hand: a dropped database connection must not lose it
-                # (the rows would be re-sent when their lease runs out). Retry on a fresh one.
-                if attempt + 1 == RECORD_ATTEMPTS or not (
-                    exc.connection_invalidated or isinstance(exc, OperationalError)
-                ):
-                    raise
-                log.warning(
-                    "recording Meta's answer failed (%s); retrying", type(exc).__name__
-                )
-                time.sleep(
-                    0.2 * 2**attempt
-                )  # even while stopping: the answer must be kept
+
+        def write(session: Session) -> int:
+            return int(session.execute(stmt).rowcount or 0)  # type: ignore[attr-defined]
+
+        # Even while stopping: an answer in hand must be kept. The lease-owner guard makes a
+        # late write safe: it writes nothing if another worker took the rows meanwhile.
+        changed = self._db(write, until=keep_until)
         if changed != len(ids):
-            self.stats.lease_lost += len(ids) - changed
+            self.stats.add("lease_lost", len(ids) - changed)
             log.warning(
                 "%d of %d rows were re-leased by another worker before this answer was recorded",
                 len(ids) - changed,
@@ -391,11 +720,16 @@ class Dispatcher:
         return changed
 
     def _sent(
-        self, target: Target, rows: Sequence[Claimed], result: SendResult
+        self,
+        target: Target,
+        rows: Sequence[Claimed],
+        result: SendResult,
+        lease_end: float,
     ) -> None:
         now = self.clock()
-        self._update_leased(
+        written = self._update_leased(
             rows,
+            keep_until=lease_end,
             status=EventStatus.SENT,
             events_received=result.events_received,
             fbtrace_id=(result.fbtrace_id or "")[:64] or None,
@@ -403,9 +737,12 @@ class Dispatcher:
             send_count=EVENTS.c.send_count + 1,
             last_error=None,
         )
-        self.stats.sent += len(rows)
+        # Rows another worker took meanwhile are its to count, not ours.
+        self.stats.add("sent", written)
+        if target.status == ConnectionStatus.FAILING:
+            self._heal(target)
         if result.events_received != len(rows):
-            self.stats.mismatches += 1
+            self.stats.add("mismatches")
             log.warning(
                 "pixel %s: sent %d events, Meta counted %d (fbtrace_id %s)",
                 target.pixel_id,
@@ -421,6 +758,22 @@ class Dispatcher:
                 result.fbtrace_id,
             )
 
+    def _heal(self, target: Target) -> None:
+        with self.runtime.sessions.begin() as session:
+            session.execute(
+                update(CONNECTIONS)
+                .where(
+                    CONNECTIONS.c.id == target.id,
+                    CONNECTIONS.c.status == ConnectionStatus.FAILING,
+                )
+                .values(
+                    status=ConnectionStatus.ACTIVE,
+                    status_reason=None,
+                    updated_at=self.clock(),
+                )
+            )
+        log.info("connection %s sends again", target.id)
+
     def _retry(
         self, rows: Sequence[Claimed], when: datetime, reason: str, *, reached: bool
     ) -> None:
@@ -432,7 +785,7 @@ class Dispatcher:
             next_attempt_at=when,
             last_error=_clip(reason),
         )
-        self.stats.retried += len(rows)
+        self.stats.add("retried", len(rows))
         log.warning(
             "%d events retry at %s: %s", len(rows), when.isoformat(), _clip(reason, 300)
         )
@@ -445,19 +798,7 @@ class Dispatcher:
         *,
         reached: bool,
     ) -> None:
-        with self.runtime.sessions.begin() as session:
-            # Never shorten a longer backoff another worker set.
-            session.execute(
-                update(CONNECTIONS)
-                .where(
-                    CONNECTIONS.c.id == target.id,
-                    or_(
-                        CONNECTIONS.c.backoff_until.is_(None),
-                        CONNECTIONS.c.backoff_until < decision.until,
-                    ),
-                )
-                .values(backoff_until=decision.until)
-            )
+        self._back_off(target.id, decision.until)
         self._update_leased(
             rows,
             status=EventStatus.PENDING,
@@ -466,7 +807,7 @@ class Dispatcher:
             next_attempt_at=decision.until,
             last_error=_clip(decision.reason),
         )
-        self.stats.rate_limited += len(rows)
+        self.stats.add("rate_limited", len(rows))
         log.warning(
             "connection %s backs off until %s: %s",
             target.id,
@@ -474,40 +815,140 @@ class Dispatcher:
             _clip(decision.reason, 300),
         )
 
-    def _hold(self, rows: Sequence[Claimed], reason: str) -> None:
-        self._update_leased(rows, status=EventStatus.HELD, last_error=_clip(reason))
-        self.stats.held += len(rows)
-
-    def _hold_connection(
-        self, target: Target, rows: Sequence[Claimed], reason: str
-    ) -> None:
+    def _back_off(self, conn_id: str, until: datetime) -> None:
         with self.runtime.sessions.begin() as session:
+            # Never shorten a longer backoff another worker set.
             session.execute(
                 update(CONNECTIONS)
                 .where(
-                    CONNECTIONS.c.id == target.id,
-                    CONNECTIONS.c.status == ConnectionStatus.ACTIVE,
+                    CONNECTIONS.c.id == conn_id,
+                    or_(
+                        CONNECTIONS.c.backoff_until.is_(None),
+                        CONNECTIONS.c.backoff_until < until,
+                    ),
                 )
-                .values(
-                    status=ConnectionStatus.NEEDS_RECONNECT,
-                    status_reason=_clip(reason, 500),
-                    updated_at=self.clock(),
-                )
+                .values(backoff_until=until)
             )
-            # The rest of its outbox would meet the same refusal: hold it now, visibly.
-            session.execute(
-                update(EVENTS)
-                .where(
-                    EVENTS.c.connection_id == target.id,
-                    EVENTS.c.status == EventStatus.PENDING,
+
+    def _hold(self, rows: Sequence[Claimed], reason: str) -> None:
+        self._update_leased(rows, status=EventStatus.HELD, last_error=_clip(reason))
+        self.stats.add("held", len(rows))
+
+    def _still_sends_with(
+        self, session: Any, target: Target, sent_with: tuple[str, str] | None
+    ) -> bool:
+        """Lock the connection; True when it still has the pixel and token a request used.
+
+        A refusal of a token the owner has just replaced says nothing about the new one.
+        """
+        row = session.execute(
+            select(CONNECTIONS.c.pixel_id, type_coerce(CONNECTIONS.c.meta_token, Text))
+            .where(CONNECTIONS.c.id == target.id)
+            .with_for_update()
+        ).first()
+        if row is None:
+            return False
+        if sent_with is None:
+            return True
+        pixel, sealed = row
+        try:
+            token = keyring.decrypt(sealed) if sealed is not None else None
+        except CryptoError:
+            return True
+        return (pixel, token) == sent_with
+
+    def _hold_connection(
+        self,
+        target: Target,
+        rows: Sequence[Claimed],
+        reason: str,
+        *,
+        sent_with: tuple[str, str] | None,
+    ) -> None:
+        with self.runtime.sessions.begin() as session:
+            current = self._still_sends_with(session, target, sent_with)
+            if current:
+                session.execute(
+                    update(CONNECTIONS)
+                    .where(
+                        CONNECTIONS.c.id == target.id,
+                        CONNECTIONS.c.status.in_(
+                            [ConnectionStatus.ACTIVE, ConnectionStatus.FAILING]
+                        ),
+                    )
+                    .values(
+                        status=ConnectionStatus.NEEDS_RECONNECT,
+                        status_reason=_clip(reason, 500),
+                        updated_at=self.clock(),
+                    )
                 )
-                .values(status=EventStatus.HELD, last_error=_clip(f"held: {reason}"))
+                # The rest of its outbox would meet the same refusal: hold it now, visibly.
+                session.execute(
+                    update(EVENTS)
+                    .where(
+                        EVENTS.c.connection_id == target.id,
+                        EVENTS.c.status == EventStatus.PENDING,
+                    )
+                    .values(
+                        status=EventStatus.HELD, last_error=_clip(f"held: {reason}")
+                    )
+                )
+        if not current:
+            log.warning(
+                "connection %s changed its Meta token or pixel during the request; "
+                "the refusal of the old one is ignored",
+                target.id,
             )
+            self._release(rows)
+            return
         self._hold(rows, f"held: {reason}")
         log.error(
             "connection %s needs Meta reconnected; its events are held: %s",
             target.id,
             _clip(reason, 300),
+        )
+
+    def _fail_connection(
+        self,
+        target: Target,
+        rows: Sequence[Claimed],
+        decision: Failing,
+        sent_with: tuple[str, str],
+    ) -> None:
+        """Show the connection as failing with Meta's reason; its events wait, not held."""
+        with self.runtime.sessions.begin() as session:
+            current = self._still_sends_with(session, target, sent_with)
+            if current:
+                session.execute(
+                    update(CONNECTIONS)
+                    .where(
+                        CONNECTIONS.c.id == target.id,
+                        CONNECTIONS.c.status.in_(
+                            [ConnectionStatus.ACTIVE, ConnectionStatus.FAILING]
+                        ),
+                    )
+                    .values(
+                        status=ConnectionStatus.FAILING,
+                        status_reason=_clip(decision.reason, 500),
+                        backoff_until=decision.until,
+                        updated_at=self.clock(),
+                    )
+                )
+        if not current:
+            self._release(rows)
+            return
+        self._update_leased(
+            rows,
+            status=EventStatus.PENDING,
+            next_attempt_at=decision.until,
+            last_error=_clip(decision.reason),
+        )
+        self.stats.add("retried", len(rows))
+        log.error(
+            "connection %s is failing until %s: %s",
+            target.id,
+            decision.until.isoformat(),
+            _clip(decision.reason, 300),
         )
 
     def _dead(self, rows: Sequence[Claimed], verdict: Dead) -> None:
@@ -516,7 +957,7 @@ class Dispatcher:
             status=EventStatus.DEAD,
             last_error=_clip(f"{verdict.kind}: {verdict.reason}"),
         )
-        self.stats.dead += len(rows)
+        self.stats.add("dead", len(rows))
         log.warning(
             "dead-lettered %d event(s) (ids %s): %s: %s",
             len(rows),
@@ -533,16 +974,39 @@ class Dispatcher:
         if at is not None:
             values["next_attempt_at"] = at
         self._update_leased(rows, **values)
-        self.stats.released += len(rows)
+        self.stats.add("released", len(rows))
 
     # -- the loop -----------------------------------------------------------------------
 
     def run_once(self) -> int:
         """Claim and process one batch; the number of rows claimed."""
+        self.heartbeat()
         claimed = self.claim()
         if claimed:
             self.process(claimed)
         return len(claimed)
+
+    def heartbeat(self, *, force: bool = False) -> None:
+        """Tell the health check this worker is alive, at most every ``HEARTBEAT_SECONDS``."""
+        if not force and time.monotonic() - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = time.monotonic()
+        with self.runtime.sessions.begin() as session:
+            queries.beat(
+                session,
+                self.worker_id,
+                now=self.clock(),
+                claimed=self.stats.claimed,
+                sent=self.stats.sent,
+            )
+
+    def forget(self) -> None:
+        """Remove this worker's heartbeat on a clean exit."""
+        try:
+            with self.runtime.sessions.begin() as session:
+                queries.forget_worker(session, self.worker_id)
+        except SQLAlchemyError:
+            log.warning("could not remove the heartbeat of worker %s", self.worker_id)
 
 
 def _may_have_reached_meta(error: GraphError) -> bool:
@@ -570,6 +1034,7 @@ def run_worker(
     policy: RetryPolicy = DEFAULT_POLICY,
     rand: Callable[[], float] = random.random,
     clock: Clock = utc_now,
+    concurrency: int | None = None,
 ) -> dict[str, Any] | None:
     """Send due events until stopped; with ``drain``, until nothing is due, returning counts.
 
@@ -587,6 +1052,7 @@ def run_worker(
         rand=rand,
         clock=clock,
         stop=stop,
+        concurrency=concurrency,
     )
     log.info("worker %s started%s", dispatcher.worker_id, " (drain)" if drain else "")
     try:
@@ -607,6 +1073,8 @@ def run_worker(
     finally:
         for signum, handler in restore.items():
             signal.signal(signum, handler)
+        dispatcher.close()
+        dispatcher.forget()
         if client is None:
             dispatcher.client.close()
     summary = dispatcher.stats.summary()

@@ -489,14 +489,11 @@ def disconnect(session: Session, conn: Connection, now: datetime) -> int:
         )
     result = session.execute(
         update(Event)
-        .where(
-            Event.connection_id == conn.id,
-            Event.status.in_([EventStatus.PENDING, EventStatus.SENDING]),
-        )
+        # Rows a worker is sending now are left to it, as an uninstall leaves them: it records
+        # Meta's answer, and holds the connection's rows from its next claim on.
+        .where(Event.connection_id == conn.id, Event.status == EventStatus.PENDING)
         .values(
             status=EventStatus.HELD,
-            lease_owner=None,
-            lease_expires_at=None,
             last_error="held: the Meta account was disconnected",
         )
     )
@@ -672,7 +669,20 @@ def check_tokens(
             if conn is None or conn.meta_token != token:
                 rv.append(TokenCheck(connection_id=conn_id, verdict="skipped"))
                 continue
+            was_held = conn.status == ConnectionStatus.NEEDS_RECONNECT
             health = apply_health(conn, info, now)
+            if was_held and health.verdict != "invalid":
+                # Meta says the token works again (a refusal that was Meta's own passing
+                # fault, or a permission given back): send again, with the held events.
+                conn.status = ConnectionStatus.ACTIVE
+                # An expiring token says so; a healthy one has nothing to say.
+                conn.status_reason = health.reason
+                released = queries.reactivate(session, conn)
+                log.info(
+                    "meta token of connection %s is valid again; %d held events released",
+                    conn_id,
+                    released,
+                )
         if health.verdict != "ok":
             log.warning("meta token of connection %s: %s", conn_id, health.verdict)
         rv.append(

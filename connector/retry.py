@@ -31,6 +31,13 @@ TRANSIENT_CODES = frozenset({1, 2, 341, 5000, 21009})
 #: "object does not exist or cannot be loaded": the pixel id or its permission is wrong
 UNKNOWN_OBJECT_CODE = 33
 INVALID_PARAMETER_CODE = 100
+#: "this Graph API version is deprecated": every request fails until META_API_VERSION changes
+DEPRECATED_VERSION_CODE = 2635
+#: HTTP statuses that, without Meta's JSON error, mean the request itself is wrong: no such
+#: endpoint (a wrong META_GRAPH_URL or version) or a body larger than the endpoint takes
+CONFIGURATION_STATUSES = frozenset({404, 405, 413, 414})
+#: how long a connection with a configuration error waits before its events are tried again
+FAILING_RECHECK = timedelta(hours=1)
 #: Conversions API event errors use the 2804xxx subcode family
 EVENT_SUBCODES = range(2_804_000, 2_805_000)
 
@@ -94,7 +101,16 @@ class Dead:
     kind: str = "invalid"
 
 
-Decision = Sent | RetryAt | RateLimited | Hold | Split | Dead
+@dataclass(frozen=True, kw_only=True)
+class Failing:
+    """Meta refuses the request for a reason no retry fixes soon (a retired API version, an
+    endpoint that is not there): say so on the connection now, and only look again later."""
+
+    reason: str
+    until: datetime
+
+
+Decision = Sent | RetryAt | RateLimited | Hold | Split | Dead | Failing
 
 
 def transient_delay(
@@ -146,10 +162,24 @@ def classify(
             reason=f"the pixel does not exist or this token cannot use it ({detail}); "
             "reconnect Meta and pick the pixel again"
         )
+    if code == DEPRECATED_VERSION_CODE or (
+        code is None and error.status in CONFIGURATION_STATUSES
+    ):
+        return Failing(
+            reason=f"Meta refuses every request of this connector ({detail}); check "
+            "META_GRAPH_URL and META_API_VERSION",
+            until=now + FAILING_RECHECK,
+        )
     if code in RATE_LIMIT_CODES:
         return RateLimited(
             until=now + rate_limit_delay(attempts, policy, rand=rand),
             reason=f"rate limited by Meta ({detail})",
+        )
+    if error.is_transient and code is not None:
+        # Meta's own word: "is_transient: true" means the same request may succeed later.
+        return RetryAt(
+            when=now + transient_delay(attempts, policy, rand=rand),
+            reason=f"transient: {detail}",
         )
     if code == INVALID_PARAMETER_CODE and _is_event_error(error):
         if batch_size > 1:

@@ -23,7 +23,9 @@ class Runtime:
     def from_settings(cls, settings: Settings) -> Runtime:
         keyring.install(settings.encryption_keys)
         redact.install()
-        engine = make_engine(settings.database_url)
+        engine = make_engine(
+            settings.database_url, statement_timeout=settings.db_statement_timeout
+        )
         return cls(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
 
     def close(self) -> None:

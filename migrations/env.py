@@ -30,7 +30,10 @@ def run_migrations_online() -> None:
     from connector.store.db import make_engine
 
     engine = make_engine(
-        config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool
+        config.get_main_option("sqlalchemy.url") or "",
+        poolclass=pool.NullPool,
+        # Building an index on a large outbox may take longer than any request should.
+        statement_timeout=0,
     )
     with engine.connect() as conn:
         _run(conn)

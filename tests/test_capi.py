@@ -24,6 +24,7 @@ from connector.capi import (
     build_request_body,
     encode_request_body,
     event_problem,
+    failed_event_index,
     parse_response,
 )
 from connector.config import Settings
@@ -255,23 +256,42 @@ def test_send_events_posts_to_the_pixel_and_returns_metas_count(
     assert client.graph_base.endswith("/v25.0")
 
 
-def test_the_request_on_the_wire_is_a_form_naming_the_connector(
+def test_the_request_on_the_wire_is_json_naming_the_connector(
     client: GraphClient, graph: tuple[FakeGraph, LiveServer]
 ) -> None:
-    """What reaches Meta: a form body with data, token and proof; our name as User-Agent."""
+    """What reaches Meta: one JSON body with data, token and proof; our name as User-Agent."""
     sent: list[requests.PreparedRequest] = []
     client.session.hooks["response"].append(lambda r, *a, **k: sent.append(r.request))
     client.send_events(PIXEL, TOKEN, [EVENT], test_event_code="TEST9")
     (request,) = sent
-    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert request.headers["Content-Type"] == "application/json"
     assert str(request.headers["User-Agent"]).startswith("capi-connector-")
     raw = request.body
     assert isinstance(raw, bytes)
-    fields = parse_qs(raw.decode("ascii"))
-    assert json.loads(fields["data"][0]) == [EVENT]
-    assert fields["access_token"] == [TOKEN]
-    assert fields["appsecret_proof"] == [appsecret_proof(TOKEN, "app-secret")]
+    fields = json.loads(raw)
+    assert fields["data"] == [EVENT]
+    assert fields["access_token"] == TOKEN
+    assert fields["appsecret_proof"] == appsecret_proof(TOKEN, "app-secret")
+    assert fields["test_event_code"] == "TEST9"
     assert graph[0].bodies[0]["data"] == [EVENT]
+
+
+@pytest.mark.parametrize(
+    ("message", "size", "index"),
+    [
+        ("Invalid parameter: data[3]: user_data.em must be SHA-256 hashed", 10, 3),
+        ("Invalid parameter: events[0]: event_time is too old", 2, 0),
+        # an index past the request's end, or two different ones, name nothing usable
+        ("Invalid parameter: data[12]: bad", 10, None),
+        ("Invalid parameter: data[1] and data[4] are bad", 10, None),
+        ("Invalid parameter", 10, None),
+    ],
+)
+def test_metas_error_text_names_the_failing_event(
+    message: str, size: int, index: int | None
+) -> None:
+    """Meta's error_user_msg says which event sank the request; that saves a bisection."""
+    assert failed_event_index(GraphError(message, code=100), size) == index
 
 
 def test_the_token_never_travels_in_the_url(

@@ -116,7 +116,7 @@ def test_production_with_everything_starts() -> None:
             {"CONNECTOR_BATCH_SIZE": "5000"}, "Meta's limit", id="batch-too-big"
         ),
         pytest.param(
-            {"CONNECTOR_LEASE_SECONDS": "1"}, "at least 10", id="lease-too-short"
+            {"CONNECTOR_LEASE_SECONDS": "1"}, "at least 2", id="lease-too-short"
         ),
         pytest.param(
             {"CONNECTOR_HTTP_TIMEOUT": "soon"}, "number of seconds", id="timeout-nan"

@@ -426,15 +426,15 @@ def test_a_rate_limit_backs_the_connection_off_and_loses_nothing(
     ids = record(engine, conn_id, [f"rate-{code}-{i}" for i in range(4)])
     graph.state.fail_next(1, "rate_limit", code=code)
     stats = drain(connector, "--batch-size", "2")
-    # the throttled batch waits, and the next one of the connection is not even claimed
-    assert (stats["rate_limited"], stats["requests"]) == (2, 1)
+    # the throttled batch waits, and so does the next one of the connection, unsent
+    assert (stats["rate_limited"], stats["requests"]) == (4, 1)
     assert (stats["sent"], stats["dead"], stats["held"]) == (0, 0, 0)
     # while the backoff lasts another worker sends nothing of this connection
     again = drain(connector)
     assert again["requests"] == 0
     rows = rows_of(connector, conn_id)
     assert {r["status"] for r in rows} == {"pending"}
-    assert sum(f"code {code}" in (r["last_error"] or "") for r in rows) == 2
+    assert sum(f"code {code}" in (r["last_error"] or "") for r in rows) == 4
     assert connection_row(connector, conn_id)["status"] == "active"
     assert not graph.counts(pixel)
     let_time_pass(engine, conn_id)

@@ -17,7 +17,13 @@ from connector.meta_oauth import MetaClient, TokenInfo
 from connector.redact import redact_query
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Connection, ConnectionStatus, OAuthState
+from connector.store.models import (
+    Connection,
+    ConnectionStatus,
+    Event,
+    EventStatus,
+    OAuthState,
+)
 from tests.fakes.meta import FakeMeta, FakeUser, make_app
 from tests.fakes.server import LiveServer, serve
 
@@ -501,3 +507,35 @@ def test_the_daily_job_purges_abandoned_connect_states(
             for s in db.scalars(select(OAuthState))
         )
     assert [(meta_oauth.PICK_PURPOSE, True), ("shopify_install", False)] == left
+
+
+def test_the_daily_check_sends_again_for_a_token_that_is_valid_again(
+    runtime: Runtime, settings: Settings, fake: FakeMeta
+) -> None:
+    """A connection held for a refusal whose token Meta now says is valid is active again."""
+    token = fake.issue_token()
+    conn_id = add_connection(
+        runtime,
+        "healed.myshopify.com",
+        token,
+        status=ConnectionStatus.NEEDS_RECONNECT,
+    )
+    with runtime.sessions.begin() as db:
+        db.get_one(Connection, conn_id).status = ConnectionStatus.NEEDS_RECONNECT
+        db.get_one(Connection, conn_id).status_reason = "Meta refused the access token"
+        db.add(
+            Event(
+                connection_id=conn_id,
+                event_name="Purchase",
+                event_id="held-1",
+                event_time=datetime.now(UTC),
+                payload={},
+                status=EventStatus.HELD,
+            )
+        )
+    [check] = meta_oauth.check_tokens(runtime, now=datetime.now(UTC))
+    assert "ok" == check.verdict
+    conn = load(runtime, conn_id)
+    assert (ConnectionStatus.ACTIVE, None) == (conn.status, conn.status_reason)
+    with runtime.sessions() as db:
+        assert [EventStatus.PENDING] == list(db.scalars(select(Event.status)))

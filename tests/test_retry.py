@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 
 from connector.errors import GraphError
 from connector.retry import (
+    FAILING_RECHECK,
     Dead,
+    Failing,
     Hold,
     RateLimited,
     RetryAt,
@@ -181,3 +183,29 @@ def test_event_time_window(age: timedelta, kind: str | None) -> None:
     """Rows outside Meta's window (7 days back, a minute ahead) are dead before any send."""
     verdict = check_event_time(NOW - age, NOW)
     assert (verdict.kind if verdict else None) == kind
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        # Meta's own "is_transient: true" wins over a code that would otherwise split or hold
+        pytest.param(err(100, 2804050, is_transient=True), RetryAt, id="transient-100"),
+        pytest.param(err(100, is_transient=True), RetryAt, id="transient-100-no-sub"),
+        # the same answers without it keep their meaning
+        pytest.param(err(100, 2804050), Split, id="event-error"),
+        # a retired API version and an endpoint that is not there fail every request alike
+        pytest.param(err(2635), Failing, id="deprecated-version"),
+        pytest.param(err(None, status=404, is_transient=True), Failing, id="html-404"),
+        pytest.param(err(None, status=413, is_transient=True), Failing, id="html-413"),
+        pytest.param(err(None, status=502, is_transient=True), RetryAt, id="html-502"),
+    ],
+)
+def test_metas_transience_and_configuration_errors(
+    error: GraphError, expected: type
+) -> None:
+    """is_transient is read; configuration errors are surfaced at once, not retried for a week."""
+    decision = classify(error, batch_size=10, attempts=0, now=NOW, rand=lambda: 0.5)
+    assert isinstance(decision, expected)
+    if isinstance(decision, Failing):
+        assert decision.until - NOW == FAILING_RECHECK
+        assert "META_API_VERSION" in decision.reason

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import pytest
 import requests
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
 
 from adapters.shopify import install
@@ -586,3 +586,49 @@ def test_install_link_with_a_forged_shopify_signature_is_refused(
     )
     with runtime.sessions() as s:
         assert 1 == len(list(s.scalars(select(OAuthState))))
+
+
+def test_a_slow_refresh_holds_no_lock_on_the_connection(
+    client: Any, runtime: Runtime, fake: FakeShopify, is_postgres: bool
+) -> None:
+    """Shopify's token endpoint taking seconds never blocks a webhook writing for the shop."""
+    if not is_postgres:
+        pytest.skip("row locks are PostgreSQL's; SQLite locks the whole file")
+    conn = _installed(client, runtime)
+    assert conn.platform_token_expires_at is not None
+    now = conn.platform_token_expires_at - timedelta(minutes=2)
+    in_call = threading.Event()
+    original = fake._refresh
+
+    def slow_refresh(shop: str, token: str) -> Any:
+        in_call.set()
+        time.sleep(1.5)
+        return original(shop, token)
+
+    fake._refresh = slow_refresh  # type: ignore[method-assign]
+    results: list[str] = []
+    thread = threading.Thread(
+        target=lambda: results.append(
+            install.fresh_access_token(runtime, conn.id, now=now)
+        )
+    )
+    thread.start()
+    try:
+        assert in_call.wait(10)
+        with runtime.engine.begin() as db:
+            # What a webhook's INSERT of an event needs: the connection row, not locked.
+            locked = db.execute(
+                text("SELECT id FROM connections WHERE id = :c FOR KEY SHARE NOWAIT"),
+                {"c": conn.id},
+            ).all()
+            assert len(locked) == 1
+            db.execute(
+                text("SELECT id FROM connections WHERE id = :c FOR UPDATE NOWAIT"),
+                {"c": conn.id},
+            )
+    finally:
+        thread.join(timeout=30)
+    stored = connection(runtime)
+    assert stored is not None
+    assert [stored.platform_token] == results
+    assert 1 == fake.grants["refresh_token"]

@@ -6,6 +6,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -69,7 +70,10 @@ def headers_for(
         "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
         "X-Shopify-Event-Id": "98880550-7158-44d4-b7cd-2c97c8a091b5",
         "X-Shopify-API-Version": "2026-07",
-        "X-Shopify-Triggered-At": "2026-07-01T12:00:01.123456789Z",
+        # Shopify triggers an uninstall or a redaction after the install it ends, never before.
+        "X-Shopify-Triggered-At": datetime.now(UTC).isoformat()
+        if topic in ("app/uninstalled", "shop/redact")
+        else "2026-07-01T12:00:01.123456789Z",
     }
 
 
@@ -643,3 +647,54 @@ def test_a_malformed_scopes_update_is_a_400(
         conn = session.get(Connection, shop)
         assert conn is not None
         assert conn.scopes is None
+
+
+# -- lifecycle messages older than the install they would undo -----------------------------
+
+
+@pytest.mark.parametrize("topic", ["app/uninstalled", "shop/redact"])
+@pytest.mark.parametrize(
+    ("triggered", "applied"),
+    [
+        # triggered 10 minutes before the reinstall a minute ago, delivered now: stale
+        pytest.param(timedelta(minutes=-11), False, id="before-the-reinstall"),
+        pytest.param(timedelta(seconds=1), True, id="after-the-install"),
+    ],
+)
+def test_a_lifecycle_webhook_triggered_before_the_install_is_ignored(
+    deliver: Deliver,
+    runtime: Runtime,
+    shop: str,
+    topic: str,
+    triggered: timedelta,
+    applied: bool,
+) -> None:
+    """A late uninstall or shop/redact never undoes a newer install: X-Shopify-Triggered-At decides."""
+    installed = datetime.now(UTC) - timedelta(minutes=1)
+    with runtime.sessions.begin() as session:
+        session.get_one(Connection, shop).installed_at = installed
+    body = fixture_bytes(
+        "shopify/app_uninstalled.json"
+        if topic == "app/uninstalled"
+        else "shopify/shop_redact.json"
+    )
+    rv = deliver(
+        topic,
+        body,
+        headers={"X-Shopify-Triggered-At": (installed + triggered).isoformat()},
+    )
+    assert 200 == rv.status_code
+    with runtime.sessions() as session:
+        conn = session.get(Connection, shop)
+        if applied:
+            assert conn is None or conn.status == ConnectionStatus.UNINSTALLED
+        else:
+            assert conn is not None
+            assert (ConnectionStatus.ACTIVE, "shpat_token") == (
+                conn.status,
+                conn.platform_token,
+            )
+    if not applied:
+        [receipt] = receipts(runtime)
+        assert ("skipped", topic) == (receipt.outcome, receipt.topic)
+        assert "before the app was installed again" in (receipt.detail or "")

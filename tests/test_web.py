@@ -13,10 +13,13 @@ from connector.web import create_app
 
 
 def test_healthz_answers_ok(client: Any) -> None:
-    """With the database reachable, /healthz is 200."""
+    """With the database reachable, /healthz is 200, with no worker running here."""
     rv = client.get("/healthz")
     assert 200 == rv.status_code
-    assert {"status": "ok"} == rv.get_json()
+    assert {
+        "status": "ok",
+        "workers": {"alive": 0, "stale": 0, "last_beat_seconds": None},
+    } == rv.get_json()
 
 
 @pytest.fixture

@@ -15,6 +15,9 @@ never spend the same refresh token; a daily job re-creates missing subscriptions
 from __future__ import annotations
 
 import logging
+import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +31,7 @@ from flask import (
     request,
     session,
 )
-from sqlalchemy import func, select
+from sqlalchemy import Text, func, select, type_coerce, update
 
 from adapters.shopify import oauth
 from adapters.shopify.admin_api import WEBHOOK_TOPICS, ShopifyAdmin, TokenRequestError
@@ -200,6 +203,9 @@ def store_grant(
         )
         if conn.status == ConnectionStatus.ACTIVE:
             conn.status_reason = None
+        # The install this grant made: an uninstall Shopify triggered before it (delivered
+        # late) no longer applies, and the webhook path compares the two times.
+        conn.installed_at = now
         conn.settings = {**(conn.settings or {}), SETTINGS_APP: True}
         # A reinstall: what the uninstall held can go again (if Meta is connected).
         queries.release_held(s, conn)
@@ -249,6 +255,12 @@ def ensure_installed(
     return conn_id
 
 
+#: how long one process may take to refresh a token before another may try
+REFRESH_LEASE = timedelta(seconds=30)
+#: how long a caller waits for another process's refresh before giving up
+REFRESH_WAIT_SECONDS = 15.0
+
+
 def fresh_access_token(
     runtime: Runtime,
     connection_id: str,
@@ -256,71 +268,146 @@ def fresh_access_token(
     now: datetime,
     admin: ShopifyAdmin | None = None,
     margin: timedelta = oauth.REFRESH_MARGIN,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """The connection's access token, refreshed first when it expires within ``margin``.
 
-    The row is locked (SELECT ... FOR UPDATE on PostgreSQL; SQLite's BEGIN IMMEDIATE
-    locks the database) and expiry re-checked under the lock, then Shopify is asked and
-    both tokens are written in the same transaction: of two concurrent callers, the
-    second finds the first's new token and spends nothing.
+    Shopify's refresh token is single use (a refresh returns a new pair:
+    https://shopify.dev/docs/apps/build/authentication-authorization/access-token-types/offline-access-tokens):
+    one process at a time may spend it, by a refresh lease taken in a short transaction
+    (``refresh_leases``). Shopify is then asked with no database lock held, so webhooks for
+    the shop never wait on the call, and the new pair is written only if the stored refresh
+    token is still the one spent (compare-and-set). A caller that finds another's lease
+    waits for that refresh and returns its token.
 
     Raises:
         PlatformError: no token, a refresh token Shopify refuses (the connection then needs
-            the merchant to open the app again), or Shopify unreachable.
+            the merchant to open the app again), Shopify unreachable, or another process's
+            refresh that did not end within ``REFRESH_WAIT_SECONDS``.
     """
     own_admin = admin is None
     admin = admin or ShopifyAdmin.from_settings(runtime.settings)
-    refused: PlatformError | None = None
+    owner = secrets.token_hex(16)
     try:
-        with runtime.sessions.begin() as s:
-            conn = s.execute(
-                select(Connection)
-                .where(Connection.id == connection_id)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            ).scalar_one_or_none()
-            if conn is None:
-                raise NotFoundError(f"no connection {connection_id}")
-            if not conn.platform_token:
-                raise PlatformError(
-                    f"connection {connection_id} holds no Shopify token; open the app in the Shopify admin"
-                )
-            if not oauth.needs_refresh(
-                conn.platform_token_expires_at, now, margin=margin
-            ):
-                return conn.platform_token
-            refresh_token = conn.platform_refresh_token
-            rt_expiry = conn.platform_refresh_token_expires_at
-            if not refresh_token or (rt_expiry is not None and rt_expiry <= now):
-                refused = PlatformError(
-                    f"the Shopify refresh token of connection {connection_id} has expired"
-                )
-            else:
-                try:
-                    grant = admin.refresh(conn.store, refresh_token, now)
-                except TokenRequestError as exc:
-                    if exc.status is None or exc.status >= 500:
-                        raise
-                    refused = exc
-                else:
-                    conn.platform_token = grant.access_token
-                    conn.platform_token_expires_at = grant.expires_at
-                    conn.platform_refresh_token = grant.refresh_token
-                    conn.platform_refresh_token_expires_at = (
-                        grant.refresh_token_expires_at
+        waited = 0.0
+        while True:
+            with runtime.sessions.begin() as s:
+                conn = s.get(Connection, connection_id, populate_existing=True)
+                if conn is None:
+                    raise NotFoundError(f"no connection {connection_id}")
+                if not conn.platform_token:
+                    raise PlatformError(
+                        f"connection {connection_id} holds no Shopify token; open the app in the Shopify admin"
                     )
-                    if grant.scopes:
-                        conn.scopes = grant.scopes
-                    return grant.access_token
-            # Refused for good: forget the dead pair so the next app load exchanges afresh.
-            conn.platform_token = None
-            conn.platform_token_expires_at = None
-            conn.platform_refresh_token = None
-            conn.platform_refresh_token_expires_at = None
-            conn.status_reason = "Shopify no longer accepts the connector's token: open the app in the Shopify admin"
+                if not oauth.needs_refresh(
+                    conn.platform_token_expires_at, now, margin=margin
+                ):
+                    return conn.platform_token
+                store = conn.store
+                refresh_token = conn.platform_refresh_token
+                rt_expiry = conn.platform_refresh_token_expires_at
+                sealed = _sealed_refresh_token(s, connection_id)
+                taken = queries.take_refresh_lease(
+                    s, connection_id, owner, now=_now(), ttl=REFRESH_LEASE
+                )
+            if taken:
+                break
+            if waited >= REFRESH_WAIT_SECONDS:
+                raise PlatformError(
+                    f"connection {connection_id}: another process is refreshing the Shopify "
+                    "token; try again"
+                )
+            sleep(0.2)
+            waited += 0.2
+        try:
+            return _spend_refresh_token(
+                runtime,
+                admin,
+                connection_id,
+                store,
+                refresh_token,
+                rt_expiry,
+                sealed,
+                now,
+            )
+        finally:
+            with runtime.sessions.begin() as s:
+                queries.drop_refresh_lease(s, connection_id, owner)
     finally:
         if own_admin:
             admin.close()
+
+
+def _sealed_refresh_token(s: Any, connection_id: str) -> str | None:
+    """The stored refresh token's ciphertext, to compare-and-set on."""
+    col = Connection.__table__.c.platform_refresh_token
+    rv: str | None = s.scalar(
+        select(type_coerce(col, Text)).where(Connection.id == connection_id)
+    )
+    return rv
+
+
+def _spend_refresh_token(
+    runtime: Runtime,
+    admin: ShopifyAdmin,
+    connection_id: str,
+    store: str,
+    refresh_token: str | None,
+    rt_expiry: datetime | None,
+    sealed: str | None,
+    now: datetime,
+) -> str:
+    refused: PlatformError | None = None
+    grant: oauth.TokenGrant | None = None
+    if not refresh_token or (rt_expiry is not None and rt_expiry <= now):
+        refused = PlatformError(
+            f"the Shopify refresh token of connection {connection_id} has expired"
+        )
+    else:
+        try:
+            grant = admin.refresh(store, refresh_token, now)
+        except TokenRequestError as exc:
+            if exc.status is None or exc.status >= 500:
+                raise
+            refused = exc
+    col = Connection.__table__.c.platform_refresh_token
+    same_pair = (
+        type_coerce(col, Text).is_(None)
+        if sealed is None
+        else type_coerce(col, Text) == sealed
+    )
+    with runtime.sessions.begin() as s:
+        if grant is not None:
+            values: dict[str, Any] = {
+                "platform_token": grant.access_token,
+                "platform_token_expires_at": grant.expires_at,
+                "platform_refresh_token": grant.refresh_token,
+                "platform_refresh_token_expires_at": grant.refresh_token_expires_at,
+            }
+            if grant.scopes:
+                values["scopes"] = grant.scopes
+        else:
+            # Refused for good: forget the dead pair so the next app load exchanges afresh.
+            values = {
+                "platform_token": None,
+                "platform_token_expires_at": None,
+                "platform_refresh_token": None,
+                "platform_refresh_token_expires_at": None,
+                "status_reason": "Shopify no longer accepts the connector's token: open the app in the Shopify admin",
+            }
+        written = s.execute(
+            update(Connection)
+            .where(Connection.id == connection_id, same_pair)
+            .values(**values)
+        ).rowcount  # type: ignore[attr-defined]
+    if grant is not None:
+        if not written:
+            # A reinstall stored a new pair meanwhile: it is the newer one, keep it.
+            log.warning(
+                "connection %s: the Shopify tokens changed during a refresh; kept the newer",
+                connection_id,
+            )
+        return grant.access_token
     if refused is None:  # every path above either returned or set the reason
         raise PlatformError(f"connection {connection_id}: token refresh failed")
     raise refused

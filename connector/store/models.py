@@ -61,6 +61,9 @@ class ConnectionStatus(StrEnum):
     DISCONNECTED = "disconnected"
     #: the app was removed from the store
     UNINSTALLED = "uninstalled"
+    #: Meta refuses every request for a reason a person must fix (a retired API version,
+    #: every event refused): events wait, and are tried again now and then to see it healed
+    FAILING = "failing"
 
 
 class EventStatus(StrEnum):
@@ -171,6 +174,14 @@ class Event(Base):
             sqlite_where=text("order_ref IS NOT NULL"),
         ),
         Index("ix_events_due", "status", "next_attempt_at"),
+        # The claim reads only rows that may be due: its cost follows them, not the sent history.
+        Index(
+            "ix_events_claimable",
+            "connection_id",
+            "id",
+            postgresql_where=text("status IN ('pending', 'sending')"),
+            sqlite_where=text("status IN ('pending', 'sending')"),
+        ),
         Index("ix_events_connection_status", "connection_id", "status"),
         # The daily prune's worklist: rows whose personal data has not been removed yet.
         Index(
@@ -220,6 +231,8 @@ class Event(Base):
     pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: the match keys the event carried, as connector.quality.key_mask (NULL before 0006)
     match_keys: Mapped[int | None] = mapped_column(Integer)
+    #: times the row was claimed again after its worker's lease ran out (a worker died on it)
+    reclaims: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class OAuthState(Base):
@@ -386,3 +399,32 @@ class QualityWarning(Base):
     raised_at: Mapped[datetime] = mapped_column(UTCDateTime)
     #: set when Meta's feedback no longer shows the problem; the row stays for history
     cleared_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WorkerHeartbeat(Base):
+    """One running worker: when it last went round its loop, for the health check and metrics."""
+
+    __tablename__ = "worker_heartbeats"
+
+    worker_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: rows claimed and sent since the worker started
+    claimed: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RefreshLease(Base):
+    """Who may spend a connection's platform refresh token now (single use at the platform).
+
+    Taken in a short transaction of its own, so the HTTP call to the platform holds no lock
+    on the connection's row; it expires, so a process that died with it stops no one.
+    """
+
+    __tablename__ = "refresh_leases"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -26,7 +26,9 @@ from connector.store.models import (
     EventStatus,
     JsonDict,
     OAuthState,
+    RefreshLease,
     WebhookReceipt,
+    WorkerHeartbeat,
     utcnow,
 )
 from connector.store.types import UTCDateTime
@@ -693,3 +695,92 @@ def spend_once(
         .returning(table.c.nonce_hash)
     )
     return session.execute(stmt).first() is not None
+
+
+# -- worker heartbeats ------------------------------------------------------------------
+
+#: a worker that has not beaten for this long is taken for dead
+WORKER_STALE_AFTER = timedelta(seconds=60)
+
+
+def beat(
+    session: Session, worker_id: str, *, now: datetime, claimed: int, sent: int
+) -> None:
+    """Record that ``worker_id`` went round its loop at ``now`` (insert or update its row)."""
+    table = cast(Table, WorkerHeartbeat.__table__)
+    stmt = (
+        _insert(session, table)
+        .values(
+            worker_id=worker_id, started_at=now, beat_at=now, claimed=claimed, sent=sent
+        )
+        .on_conflict_do_update(
+            index_elements=["worker_id"],
+            set_={"beat_at": now, "claimed": claimed, "sent": sent},
+        )
+    )
+    session.execute(stmt)
+    # Rows of workers long gone would only grow the table.
+    session.execute(
+        delete(WorkerHeartbeat).where(WorkerHeartbeat.beat_at < now - timedelta(days=1))
+    )
+
+
+def forget_worker(session: Session, worker_id: str) -> None:
+    """A worker that stops cleanly removes its heartbeat."""
+    session.execute(
+        delete(WorkerHeartbeat).where(WorkerHeartbeat.worker_id == worker_id)
+    )
+
+
+def worker_liveness(session: Session, *, now: datetime | None = None) -> dict[str, Any]:
+    """Workers alive (a heartbeat within ``WORKER_STALE_AFTER``) and the newest beat's age.
+
+    Shape: ``{"alive": int, "stale": int, "last_beat_seconds": float | None}``; for the
+    health check and metrics.
+    """
+    now = now or utcnow()
+    beats = list(session.scalars(select(WorkerHeartbeat.beat_at)))
+    alive = sum(1 for b in beats if b >= now - WORKER_STALE_AFTER)
+    newest = max(beats, default=None)
+    return {
+        "alive": alive,
+        "stale": len(beats) - alive,
+        "last_beat_seconds": None
+        if newest is None
+        else round(max(0.0, (now - newest).total_seconds()), 1),
+    }
+
+
+# -- refresh leases ---------------------------------------------------------------------
+
+
+def take_refresh_lease(
+    session: Session, connection_id: str, owner: str, *, now: datetime, ttl: timedelta
+) -> bool:
+    """Take the right to spend the connection's refresh token until ``now + ttl``.
+
+    True when taken: no lease, or one that expired (its holder died). A short transaction
+    of its own, so nothing stays locked while the platform is asked.
+    """
+    table = cast(Table, RefreshLease.__table__)
+    until = now + ttl
+    taken = session.execute(
+        _insert(session, table)
+        .values(connection_id=connection_id, owner=owner, expires_at=until)
+        .on_conflict_do_update(
+            index_elements=["connection_id"],
+            set_={"owner": owner, "expires_at": until},
+            where=table.c.expires_at <= now,
+        )
+        .returning(table.c.owner)
+    ).first()
+    return taken is not None and taken[0] == owner
+
+
+def drop_refresh_lease(session: Session, connection_id: str, owner: str) -> None:
+    """Give the lease back (only this owner's)."""
+    session.execute(
+        delete(RefreshLease).where(
+            RefreshLease.connection_id == connection_id, RefreshLease.owner == owner
+        )
+    )

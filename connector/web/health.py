@@ -17,6 +17,7 @@ from connector.config import Settings
 from connector.errors import NotFoundError
 from connector.metrics import CONTENT_TYPE_LATEST, GaugeMetricFamily, Metric
 from connector.store.models import Connection, Event, EventStatus
+from connector.store.queries import worker_liveness
 from connector.web import get_runtime
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,13 @@ def healthz() -> tuple[Response, int]:
     try:
         with get_runtime().sessions() as session:
             session.execute(text("SELECT 1"))
+            # Workers alive by their heartbeats: shown, not judged, since a web process
+            # is healthy whether or not a worker runs beside it.
+            workers = worker_liveness(session)
     except SQLAlchemyError as exc:
         log.error("health check: database unreachable: %s", type(exc).__name__)
         return jsonify(status="unavailable", reason="database unreachable"), 503
-    return jsonify(status="ok"), 200
+    return jsonify(status="ok", workers=workers), 200
 
 
 def _bearer_matches(expected: str) -> bool:

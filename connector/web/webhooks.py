@@ -159,7 +159,14 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
                 session, receipt, outcome.events, now=now
             )
             if not accepted.duplicate_delivery:
-                _apply_action(session, target, outcome.action, accepted.receipt_id, now)
+                _apply_action(
+                    session,
+                    target,
+                    outcome.action,
+                    accepted.receipt_id,
+                    now,
+                    triggered_at=envelope.triggered_at,
+                )
     log.info(
         "webhook %s %s for %s: %s, %d new event(s)%s",
         platform,
@@ -239,13 +246,49 @@ def _find_connection(
     return None if row is None else _Target(*row)
 
 
+def _predates_install(
+    session: Session, connection_id: str, triggered_at: datetime | None
+) -> bool:
+    """True when a delivery was triggered before the connection's current install."""
+    if triggered_at is None:
+        return False
+    installed_at = session.scalar(
+        select(Connection.installed_at)
+        .where(Connection.id == connection_id)
+        .with_for_update()
+    )
+    return installed_at is not None and triggered_at < installed_at
+
+
 def _apply_action(
     session: Session,
     target: _Target,
     action: Action,
     receipt_id: int | None,
     now: datetime,
+    *,
+    triggered_at: datetime | None = None,
 ) -> None:
+    if isinstance(action, Uninstalled | RedactStore) and _predates_install(
+        session, target.id, triggered_at
+    ):
+        # Shopify may deliver an uninstall late, after the shop installed the app again:
+        # applied, it would wipe the new install's tokens. X-Shopify-Triggered-At says when
+        # it happened (https://shopify.dev/docs/apps/build/webhooks/ignore-duplicates).
+        log.warning(
+            "connection %s: a lifecycle webhook triggered before the current install "
+            "is ignored",
+            target.id,
+        )
+        session.execute(
+            update(WebhookReceipt)
+            .where(WebhookReceipt.id == receipt_id)
+            .values(
+                outcome="skipped",
+                detail="ignored: triggered before the app was installed again",
+            )
+        )
+        return
     if isinstance(action, Uninstalled):
         conn = session.get(Connection, target.id)
         if conn is not None:

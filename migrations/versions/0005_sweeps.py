@@ -1,7 +1,7 @@
 """order sweeps: high-water marks, periodic job leases, webhook repairs
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-11-30 02:20:00.000000
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 import connector.store.types
 
 revision = "0005"
-down_revision = "0002"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
