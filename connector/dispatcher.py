@@ -550,8 +550,13 @@ class Dispatcher:
                     # Meta named the event: it alone is dead, the others go again together.
                     bad = chunk[index]
                     others = chunk[:index] + chunk[index + 1 :]
-                    self._dead(
-                        [bad], Dead(reason=f"Meta rejected the event ({graph_error})")
+                    verdict = Dead(reason=f"Meta rejected the event ({graph_error})")
+                    self._dead([bad], verdict)
+                    metrics.count_events(
+                        "dead",
+                        1,
+                        reason=verdict.kind,
+                        code=graph_error.code if graph_error else None,
                     )
                     batch.refused_singles += 1
                     if others:
