@@ -80,6 +80,12 @@ class RedactSecrets(logging.Filter):
             record.args = tuple(
                 redact_query(a) if isinstance(a, str) else a for a in record.args
             )
+        elif isinstance(record.args, dict):
+            # In place: gunicorn's access-log atoms are a dict subclass that answers "-" for a
+            # header the request lacks; a plain copy would make its format raise KeyError.
+            for k, v in list(record.args.items()):
+                if isinstance(v, str):
+                    record.args[k] = redact_query(v)
         elif isinstance(record.args, Mapping):
             record.args = {
                 k: redact_query(v) if isinstance(v, str) else v

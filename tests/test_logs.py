@@ -222,3 +222,26 @@ def test_gunicorns_access_log_can_go_through_the_same_handler(
     assert "gunicorn.access" == line["logger"]
     assert "abc123" not in line["message"]
     assert "code=[redacted]" in line["message"]
+
+
+def test_gunicorn_access_atoms_keep_their_default_for_a_missing_header() -> None:
+    """The access format names X-Request-Id; a request without it still logs a line, redacted."""
+    from gunicorn.glogging import SafeAtoms  # type: ignore[import-untyped]
+
+    from connector.redact import RedactSecrets
+
+    atoms = SafeAtoms({"r": "GET /meta/connect?token=s3cret HTTP/1.1", "s": "200"})
+    record = logging.LogRecord(
+        "gunicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '"%(r)s" %(s)s rid=%({x-request-id}i)s',
+        (),
+        None,
+    )
+    record.args = atoms
+    assert RedactSecrets().filter(record)
+    line = record.getMessage()
+    assert "s3cret" not in line
+    assert line.endswith("200 rid=-")
