@@ -17,8 +17,16 @@ from sqlalchemy import Select, case, cast, func, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
+from connector.quality import parse_dataset_quality
 from connector.retry import check_event_time
-from connector.store.models import Connection, Event, EventStatus
+from connector.store.models import (
+    Connection,
+    Event,
+    EventStatus,
+    MetaEventScore,
+    SweepState,
+    WebhookRepair,
+)
 
 #: the chart's window, and the longest a page looks back
 CHART_DAYS: Final = 30
@@ -548,3 +556,91 @@ def store_list(session: Session, *, limit: int = 500) -> list[StoreRow]:
         )
         for row in rows
     ]
+
+
+# -- the order sweep, webhook repairs and Meta's quality read ---------------------------------
+
+#: how many of a connection's latest webhook repairs the overview lists
+REPAIRS_SHOWN: Final = 3
+#: the most event names of Meta's quality answer a page lists (Meta keeps one row per name)
+META_NAMES_SHOWN: Final = 50
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSummary:
+    """The connection's last order sweep: when, what it counted, and why it failed if it did."""
+
+    last_run_at: datetime | None
+    #: ``{"scanned", "enqueued", "present", "skipped": {reason: n}}`` as the sweep recorded it
+    counts: dict[str, Any]
+    failed: bool
+
+
+def sweep_summary(session: Session, connection_id: str) -> SweepSummary | None:
+    """The connection's ``sweep_states`` row (its primary key), or None before its first sweep."""
+    state = session.get(SweepState, connection_id)
+    if state is None:
+        return None
+    return SweepSummary(
+        last_run_at=state.last_run_at,
+        counts=dict(state.last_counts or {}),
+        failed=bool(state.last_error),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepairRow:
+    topic: str
+    #: reactivated | recreated | failed
+    action: str
+    repaired_at: datetime
+
+
+def recent_repairs(
+    session: Session, connection_id: str, *, limit: int = REPAIRS_SHOWN
+) -> list[RepairRow]:
+    """The connection's latest webhook repairs, newest first (its ``connection_id`` index)."""
+    rows = session.execute(
+        select(WebhookRepair.topic, WebhookRepair.action, WebhookRepair.repaired_at)
+        .where(WebhookRepair.connection_id == connection_id)
+        .order_by(WebhookRepair.repaired_at.desc(), WebhookRepair.id.desc())
+        .limit(max(1, min(limit, 20)))
+    ).all()
+    return [RepairRow(topic=t, action=a, repaired_at=at) for t, a, at in rows]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetaEventView:
+    """Meta's latest Event Match Quality and dedup feedback for one event name."""
+
+    event_name: str
+    #: Meta's Event Match Quality, 0-10, or None when Meta gave none
+    composite_score: float | None
+    #: percent of the events Meta matched (Meta's ``event_coverage``)
+    event_coverage: float | None
+    #: dedupe key (``event_id``, ``external_id``, ``fbp``) -> browser / server / overall %
+    dedupe: dict[str, dict[str, float | None]]
+    fetched_at: datetime
+
+
+def meta_event_views(session: Session, connection_id: str) -> list[MetaEventView]:
+    """Meta's stored Dataset Quality answer per event name (one row each, at most 50)."""
+    rv = []
+    for row in session.scalars(
+        select(MetaEventScore)
+        .where(MetaEventScore.connection_id == connection_id)
+        .order_by(MetaEventScore.event_name)
+        .limit(META_NAMES_SHOWN)
+    ):
+        parsed = parse_dataset_quality({"web": [row.answer]})
+        dedupe = {k: dict(v) for k, v in parsed[0].dedupe.items()} if parsed else {}
+        rv.append(
+            MetaEventView(
+                event_name=row.event_name,
+                composite_score=row.composite_score,
+                event_coverage=row.event_coverage,
+                dedupe=dedupe,
+                fetched_at=row.fetched_at,
+            )
+        )
+    return rv
