@@ -18,7 +18,6 @@ from connector.quality import Coverage, estimate_label
 from connector.store.dashboard import (
     MATCH_KEYS,
     DayCounts,
-    KeyCoverage,
     MetaEventView,
     SweepSummary,
 )
@@ -328,86 +327,6 @@ def coverage_chart(
 
 
 # -- match quality -----------------------------------------------------------------------
-
-#: rough weight of each key in matching, for our estimate and what to improve first;
-#: Meta names email, phone, click id, IP + user agent and external id as the strongest
-#: (https://www.facebook.com/business/help/765081237991954)
-KEY_WEIGHTS: Final = {
-    "em": 3.0,
-    "ph": 2.5,
-    "fbc": 2.0,
-    "client_ip_address": 1.0,
-    "client_user_agent": 1.0,
-    "external_id": 1.5,
-    "fbp": 1.5,
-    "fn": 0.5,
-    "ln": 0.5,
-    "ct": 0.3,
-    "st": 0.3,
-    "zp": 0.5,
-    "country": 0.3,
-    "ge": 0.2,
-    "db": 0.4,
-}
-
-ADVICE: Final = {
-    "em": "Ask for an email at checkout (or make it required): it is the strongest match key.",
-    "ph": "Ask for a phone number at checkout; include the country code.",
-    "fbc": "Keep the fbclid on landing pages (no redirects that drop query strings) so clicks from ads can be matched.",
-    "fbp": "Install the browser pixel (see Pixel setup) so Meta's browser id reaches the order.",
-    "client_ip_address": "Keep the shopper's IP on orders (some checkout or privacy plugins strip it).",
-    "client_user_agent": "Keep the shopper's browser details on orders (some checkout plugins drop them).",
-    "external_id": "Let shoppers check out with an account, so a stable customer id is sent.",
-    "fn": "Collect first and last names on the billing address.",
-    "ln": "Collect first and last names on the billing address.",
-    "zp": "Collect the postal code on the billing address.",
-    "ct": "Collect the city on the billing address.",
-    "st": "Collect the state or province on the billing address.",
-    "country": "Collect the country on the billing address.",
-    "db": "Collecting a date of birth helps matching, where your store already asks for it.",
-    "ge": "Collecting gender helps matching a little, where your store already asks for it.",
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class QualityView:
-    event_name: str
-    sampled: int
-    estimate: float  # 0..10, our estimate on Meta's Event Match Quality scale
-    shares: list[tuple[str, str, int]]  # (key, name, percent)
-    improvements: list[str]
-    chart: Chart | None
-
-
-def quality_view(c: KeyCoverage) -> QualityView:
-    """Coverage of one event type as percentages, our 0-10 estimate, the top three fixes."""
-    total = sum(KEY_WEIGHTS.values())
-    score = sum(KEY_WEIGHTS[k] * c.shares.get(k, 0.0) for k in MATCH_KEYS)
-    ranked = sorted(
-        MATCH_KEYS,
-        key=lambda k: KEY_WEIGHTS[k] * (1 - c.shares.get(k, 0.0)),
-        reverse=True,
-    )
-    advice: list[str] = []
-    for k in ranked:
-        if c.shares.get(k, 0.0) >= 0.95:
-            continue
-        text = ADVICE[k]
-        if text not in advice:
-            advice.append(text)
-        if len(advice) == 3:
-            break
-    return QualityView(
-        event_name=c.event_name,
-        sampled=c.sampled,
-        estimate=round(10 * score / total, 1),
-        shares=[
-            (k, KEY_NAMES[k], round(100 * c.shares.get(k, 0.0))) for k in MATCH_KEYS
-        ],
-        improvements=advice,
-        chart=coverage_chart(c.daily),
-    )
-
 
 # -- settings ----------------------------------------------------------------------------
 
