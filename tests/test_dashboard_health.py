@@ -165,7 +165,7 @@ def test_meta_scores_dedup_feedback_and_warnings_per_event_name(
     # InitiateCheckout was not sent by us in the period, yet Meta's score shows
     assert "4.1 / 10" in page
     assert "No events of this kind delivered in the last 30 days" in page
-    assert "Browser events deduplicated" in page
+    assert '<th scope="col">Deduplicated</th>' in page
     assert "<td>3%</td>" in page
     assert "Deduplication warnings" in page
     assert "only 3% are deduplicated against ours" in page
