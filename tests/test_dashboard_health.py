@@ -161,12 +161,12 @@ def test_meta_scores_dedup_feedback_and_warnings_per_event_name(
     page = quality_page(client, settings, conn_id)
     assert "From Meta, read on" in page
     assert "7.4 / 10" in page
-    assert "81.5% of events matched" in page
+    assert "Event coverage: 81.5%" in page
     # InitiateCheckout was not sent by us in the period, yet Meta's score shows
     assert "4.1 / 10" in page
     assert "No events of this kind delivered in the last 30 days" in page
-    assert '<th scope="col">Deduplicated</th>' in page
-    assert "<td>3%</td>" in page
+    assert "3% of browser events deduplicated with it" in page
+    assert "Event ID</strong>: carried by 100% of the pixel" in page
     assert "Deduplication warnings" in page
     assert "only 3% are deduplicated against ours" in page
     assert "Only 12% of the pixel's InitiateCheckout events carry an event ID" in page

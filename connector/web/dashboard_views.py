@@ -814,7 +814,11 @@ DEDUP_KEY_NAMES: Final = {
 def dedup_rows(
     dedupe: Mapping[str, Mapping[str, float | None]],
 ) -> list[tuple[str, str, str, str]]:
-    """Meta's dedup feedback as rows: (key, browser events with it, server events, deduplicated)."""
+    """Meta's dedup feedback as rows: (key, browser events with it, server events, deduplicated).
+
+    Percentages as Meta gave them ("not given" when absent); ``event_id`` first
+    (https://developers.facebook.com/docs/marketing-api/conversions-api/dataset-quality-api).
+    """
 
     def pct(v: float | None) -> str:
         return "not given" if v is None else f"{v:g}%"

@@ -22,7 +22,7 @@ from connector.links import sign_dashboard_link
 from connector.runtime import Runtime
 from connector.store import quality as quality_store
 from connector.store import queries
-from connector.store.models import EventStatus, SweepState, WebhookRepair
+from connector.store.models import Connection, EventStatus, SweepState, WebhookRepair
 from connector.web import create_app
 from connector.web.dashboard_views import shopify_custom_pixel, woocommerce_plugin
 from tests.fakes.dataset_quality import event_answer
@@ -140,7 +140,8 @@ def drain(world: World) -> None:
 SHOWN: Final = {
     "Overview": (
         "Checked 40 recent orders. 2 had no notification from the store",
-        "Set up again: the notification of orders (paid), repaired at",
+        "Managed by the app",
+        "Set up again: the notification of orders (",
         "1 order event could not be sent because it was more than 7 days old",
         "are kept for 30 days after Meta receives an event",
     ),
@@ -149,7 +150,7 @@ SHOWN: Final = {
         "7.4 / 10",
         "ours, not Meta's",
         "Deduplication warnings",
-        "Deduplicated",
+        "deduplicated with it",
     ),
 }
 
@@ -168,6 +169,22 @@ def seed_health(runtime: Runtime, conn_id: str, now: datetime) -> None:
         }
     )
     with runtime.sessions.begin() as s:
+        # connected through the app, so the app keeps (and repairs) the store's webhooks
+        conn = s.get(Connection, conn_id)
+        assert conn is not None
+        if conn.platform == "shopify":
+            hooks = {"orders/paid": "1", "orders/create": "2", "checkouts/create": "3"}
+            conn.settings = {
+                **(conn.settings or {}),
+                "shopify_app": True,
+                "shopify_webhooks": hooks,
+                "shopify_webhooks_at": now.isoformat(),
+            }
+        else:
+            conn.settings = {
+                **(conn.settings or {}),
+                "webhooks": {"status": "ready", "checked_at": now.isoformat()},
+            }
         quality_store.refresh_coverage(
             s, since=today - timedelta(days=29), until=today, now=now
         )
@@ -199,7 +216,7 @@ def seed_health(runtime: Runtime, conn_id: str, now: datetime) -> None:
         s.add(
             WebhookRepair(
                 connection_id=conn_id,
-                topic="orders/paid",
+                topic="orders/paid" if conn.platform == "shopify" else "order.updated",
                 action="recreated",
                 detail="re-created",
                 repaired_at=now - timedelta(hours=3),
