@@ -278,6 +278,9 @@ def test_events_too_old_for_meta_are_counted_in_plain_words(
         in page
     )
     assert "too_old" not in page.replace('value="too_old"', "")
+    # Meta would refuse them: no button offers to send them again; the invalid one has one
+    assert "Send these 2 again" not in page
+    assert "Send it again" in page
 
 
 def test_no_too_old_line_without_too_old_events(
