@@ -686,7 +686,7 @@ def sweep_text(summary: SweepSummary | None) -> str:
     if present and enqueued:
         text += f" {present} had already arrived."
     if skipped_n:
-        text += f" {skipped_n} {_was(skipped_n)} not sent (not a purchase yet, or too old for Meta)."
+        text += f" {skipped_n} {_was(skipped_n)} not sent (not a purchase yet, too old for Meta, or not readable)."
     return text
 
 
