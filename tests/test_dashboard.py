@@ -522,22 +522,6 @@ def test_the_pixel_page_fills_in_the_pixel_id(
     assert marker in page
 
 
-def test_match_quality_counts_keys_from_stored_events(
-    client: Any, runtime: Runtime, settings: Settings
-) -> None:
-    """Coverage comes from which user_data keys the events carried."""
-    conn_id = add(runtime)
-    for i in range(4):
-        add_event(runtime, conn_id, str(i))
-    with runtime.sessions() as s:
-        [cov] = q.key_coverage(s, conn_id, datetime.now(UTC))
-    assert (4, 1.0, 0.0) == (cov.sampled, cov.shares["em"], cov.shares["ph"])
-    token = link(settings, conn_id).split("t=", 1)[1]
-    page = text(client.get(f"/admin/connections/{conn_id}/quality?t={token}"))
-    assert "Our estimate" in page
-    assert "Ask for a phone number" in page
-
-
 def test_embedded_pages_load_app_bridge_and_only_shopify_frames_them(
     make_client: Callable[..., Any], make_settings: Callable[..., Settings]
 ) -> None:

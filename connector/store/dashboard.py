@@ -13,12 +13,19 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Select, case, cast, func, or_, select, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from connector.quality import parse_dataset_quality
 from connector.retry import check_event_time
-from connector.store.models import Connection, Event, EventStatus
+from connector.store.models import (
+    Connection,
+    Event,
+    EventStatus,
+    MetaEventScore,
+    SweepState,
+    WebhookRepair,
+)
 
 #: the chart's window, and the longest a page looks back
 CHART_DAYS: Final = 30
@@ -28,10 +35,6 @@ PAGE_SIZE: Final = 50
 REPLAY_LIMIT: Final = 5000
 #: how many of the newest dead and held events the overview groups by reason
 PROBLEM_SAMPLE: Final = 5000
-#: how many recent events per type the match-quality page reads (shares within ~3 points)
-QUALITY_SAMPLE: Final = 1000
-#: how many recent events the match-quality page looks through for event types
-NAME_SAMPLE: Final = 5000
 #: the statuses a person may send again
 REPLAYABLE: Final = (EventStatus.DEAD, EventStatus.HELD)
 #: the user_data keys Meta scores for a website event, in the order its docs list them
@@ -404,102 +407,6 @@ def set_test_event_code(session: Session, conn: Connection, code: str | None) ->
     conn.test_event_code = code
 
 
-@dataclass(frozen=True, kw_only=True)
-class KeyCoverage:
-    event_name: str
-    sampled: int
-    #: share of sampled events carrying each key, 0..1, in MATCH_KEYS order
-    shares: dict[str, float]
-    #: per UTC day (oldest first): (day, events, share with email or phone)
-    daily: list[tuple[date, int, float]]
-
-
-def key_coverage(
-    session: Session, connection_id: str, now: datetime, *, days: int = CHART_DAYS
-) -> list[KeyCoverage]:
-    """Per event type, which match keys the recent events carried (hash presence, no values).
-
-    Reads the newest :data:`QUALITY_SAMPLE` events per type created in the last ``days``
-    days from their stored payloads. Daily aggregates, where a deployment has them, are the
-    cheaper source: this function is the one place to point at them.
-    """
-    since = now - timedelta(days=min(days, CHART_DAYS))
-    # The types seen among the newest events: a bounded backward scan of one index range.
-    recent = (
-        select(Event.event_name)
-        .where(Event.connection_id == connection_id, Event.created_at >= since)
-        .order_by(Event.created_at.desc())
-        .limit(NAME_SAMPLE)
-        .subquery()
-    )
-    names = [
-        n for (n,) in session.execute(select(recent.c.event_name).distinct().limit(20))
-    ]
-    pg = session.get_bind().dialect.name == "postgresql"
-    rv: list[KeyCoverage] = []
-    for name in sorted(names):
-        sample = (
-            select(Event.created_at, _user_data(pg).label("user_data"))
-            .where(
-                Event.connection_id == connection_id,
-                Event.event_name == name,
-                Event.created_at >= since,
-            )
-            .order_by(Event.created_at.desc())
-            .limit(QUALITY_SAMPLE)
-            .subquery()
-        )
-        day = _day_of(sample.c.created_at, pg)
-        has = {k: _has_key(sample.c.user_data, k, pg) for k in MATCH_KEYS}
-        contact = or_(has["em"], has["ph"])
-        rows = session.execute(
-            select(
-                day,
-                func.count(),
-                func.sum(case((contact, 1), else_=0)),
-                *(func.sum(case((has[k], 1), else_=0)) for k in MATCH_KEYS),
-            )
-            .group_by(day)
-            .order_by(day)
-        ).all()
-        rv.append(_coverage(name, rows))
-    return rv
-
-
-def _day_of(column: Any, pg: bool) -> Any:
-    # created_at is timestamptz on PostgreSQL: the UTC calendar day, whatever the zone
-    return func.date(func.timezone("UTC", column)) if pg else func.date(column)
-
-
-def _user_data(pg: bool) -> Any:
-    # PostgreSQL re-parses a json value at every operator: parse user_data once, as jsonb.
-    if pg:
-        return cast(func.json_extract_path(Event.payload, "user_data"), JSONB)
-    return func.json_extract(Event.payload, "$.user_data")
-
-
-def _has_key(user_data: Any, key: str, pg: bool) -> Any:
-    """SQL: an event's user_data carries ``key`` (a constant from MATCH_KEYS)."""
-    if pg:
-        return user_data.op("?")(key)
-    return func.json_extract(user_data, f"$.{key}").is_not(None)
-
-
-def _coverage(name: str, rows: Sequence[Any]) -> KeyCoverage:
-    n = sum(int(r[1]) for r in rows)
-    totals = [sum(int(r[3 + i] or 0) for r in rows) for i in range(len(MATCH_KEYS))]
-    return KeyCoverage(
-        event_name=name,
-        sampled=n,
-        shares={k: (totals[i] / n if n else 0.0) for i, k in enumerate(MATCH_KEYS)},
-        daily=[
-            (_as_date(r[0]), int(r[1]), int(r[2] or 0) / int(r[1]))
-            for r in rows
-            if r[1]
-        ],
-    )
-
-
 #: the statuses the operator's list counts: small populations, read through their index
 OPEN_STATUSES: Final = (
     EventStatus.PENDING,
@@ -548,3 +455,91 @@ def store_list(session: Session, *, limit: int = 500) -> list[StoreRow]:
         )
         for row in rows
     ]
+
+
+# -- the order sweep, webhook repairs and Meta's quality read ---------------------------------
+
+#: how many of a connection's latest webhook repairs the overview lists
+REPAIRS_SHOWN: Final = 3
+#: the most event names of Meta's quality answer a page lists (Meta keeps one row per name)
+META_NAMES_SHOWN: Final = 50
+
+
+@dataclass(frozen=True, kw_only=True)
+class SweepSummary:
+    """The connection's last order sweep: when, what it counted, and why it failed if it did."""
+
+    last_run_at: datetime | None
+    #: ``{"scanned", "enqueued", "present", "skipped": {reason: n}}`` as the sweep recorded it
+    counts: dict[str, Any]
+    failed: bool
+
+
+def sweep_summary(session: Session, connection_id: str) -> SweepSummary | None:
+    """The connection's ``sweep_states`` row (its primary key), or None before its first sweep."""
+    state = session.get(SweepState, connection_id)
+    if state is None:
+        return None
+    return SweepSummary(
+        last_run_at=state.last_run_at,
+        counts=dict(state.last_counts or {}),
+        failed=bool(state.last_error),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RepairRow:
+    topic: str
+    #: reactivated | recreated | failed
+    action: str
+    repaired_at: datetime
+
+
+def recent_repairs(
+    session: Session, connection_id: str, *, limit: int = REPAIRS_SHOWN
+) -> list[RepairRow]:
+    """The connection's latest webhook repairs, newest first (its ``connection_id`` index)."""
+    rows = session.execute(
+        select(WebhookRepair.topic, WebhookRepair.action, WebhookRepair.repaired_at)
+        .where(WebhookRepair.connection_id == connection_id)
+        .order_by(WebhookRepair.repaired_at.desc(), WebhookRepair.id.desc())
+        .limit(max(1, min(limit, 20)))
+    ).all()
+    return [RepairRow(topic=t, action=a, repaired_at=at) for t, a, at in rows]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetaEventView:
+    """Meta's latest Event Match Quality and dedup feedback for one event name."""
+
+    event_name: str
+    #: Meta's Event Match Quality, 0-10, or None when Meta gave none
+    composite_score: float | None
+    #: percent of the events Meta matched (Meta's ``event_coverage``)
+    event_coverage: float | None
+    #: dedupe key (``event_id``, ``external_id``, ``fbp``) -> browser / server / overall %
+    dedupe: dict[str, dict[str, float | None]]
+    fetched_at: datetime
+
+
+def meta_event_views(session: Session, connection_id: str) -> list[MetaEventView]:
+    """Meta's stored Dataset Quality answer per event name (one row each, at most 50)."""
+    rv = []
+    for row in session.scalars(
+        select(MetaEventScore)
+        .where(MetaEventScore.connection_id == connection_id)
+        .order_by(MetaEventScore.event_name)
+        .limit(META_NAMES_SHOWN)
+    ):
+        parsed = parse_dataset_quality({"web": [row.answer]})
+        dedupe = {k: dict(v) for k, v in parsed[0].dedupe.items()} if parsed else {}
+        rv.append(
+            MetaEventView(
+                event_name=row.event_name,
+                composite_score=row.composite_score,
+                event_coverage=row.event_coverage,
+                dedupe=dedupe,
+                fetched_at=row.fetched_at,
+            )
+        )
+    return rv

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hmac
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -46,6 +46,7 @@ from connector.links import (
     verify_dashboard_link,
 )
 from connector.store import dashboard as q
+from connector.store import quality as quality_store
 from connector.store import queries
 from connector.store.models import Connection, EventStatus
 from connector.web import dashboard_views as views
@@ -305,6 +306,13 @@ def render_overview(viewer: Viewer, conn: Connection) -> Response:
     now = _now()
     with get_runtime().sessions() as s:
         data = q.overview(s, conn.id, now)
+        sweep = q.sweep_summary(s, conn.id)
+        repairs = q.recent_repairs(s, conn.id)
+    too_old = sum(
+        n
+        for status, kind, n in data.problems
+        if status == EventStatus.DEAD and kind == "too_old"
+    )
     meta_url = meta_connect_url(viewer, conn, now)
     state = views.connection_state(
         conn,
@@ -319,6 +327,13 @@ def render_overview(viewer: Viewer, conn: Connection) -> Response:
         meta_url=meta_url,
         chart=views.delivery_chart(data.days),
         webhooks=views.webhook_health(conn),
+        sweep=sweep,
+        sweep_text=views.sweep_text(sweep),
+        repairs=[(r, views.repair_text(r.topic, r.action)) for r in repairs],
+        too_old_text=views.too_old_text(too_old),
+        retention_text=views.retention_text(
+            get_runtime().settings.retain_personal_data_days
+        ),
         problems=[
             (status, kind, n, views.reason_text(kind))
             for status, kind, n in data.problems
@@ -437,15 +452,45 @@ def replay(connection_id: str) -> Response:
 
 @bp.get("/admin/connections/<connection_id>/quality")
 def quality(connection_id: str) -> Response:
-    """Match quality: per event type, which keys our events carried, and what to improve."""
+    """Match quality: per event name our key coverage and estimate, Meta's own score and
+    dedup feedback, the connection's dedup warnings and the top three things to improve.
+
+    Reads the daily coverage aggregates of the last :data:`q.CHART_DAYS` UTC days and Meta's
+    stored answers (one row per event name): bounded whatever the store's volume.
+    """
     viewer = _viewer(connection_id)
     conn = _connection(connection_id)
+    until = _now().astimezone(UTC).date()
+    since = until - timedelta(days=q.CHART_DAYS - 1)
     with get_runtime().sessions() as s:
-        coverage = q.key_coverage(s, conn.id, _now())
+        totals = quality_store.coverage_by_event(s, conn.id, since=since, until=until)
+        daily = quality_store.coverage_by_day(s, conn.id, since=since, until=until)
+        improvements = quality_store.top_improvements(
+            s, conn.id, since=since, until=until
+        )
+        check = quality_store.last_meta_check(s, conn.id)
+        meta = q.meta_event_views(s, conn.id)
+        warnings = quality_store.active_warnings(s, conn.id)
+    same_pixel = check is not None and check.pixel_id == conn.pixel_id
+    meta_check = views.meta_check_text(
+        outcome=check.outcome if check else None,
+        detail=check.detail if check else None,
+        checked_at=check.checked_at if check else None,
+        same_pixel=same_pixel,
+    )
     html = render_template(
         "dashboard/quality.html",
-        coverage=[views.quality_view(c) for c in coverage],
-        key_names=views.KEY_NAMES,
+        coverage=views.coverage_views(
+            totals, daily, meta if same_pixel and meta_check.asked else []
+        ),
+        since=since,
+        until=until,
+        meta_check=meta_check,
+        warnings=[
+            (w["event_name"], views.plain_warning(w["message"])) for w in warnings
+        ],
+        improvements=[views.plain_improvement(t) for t in improvements],
+        pixel_url=_page_url(viewer, conn.id, "pixel"),
         **_base_context(viewer, conn, "quality"),
     )
     return _respond(viewer, conn, html)

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final
 
-from connector.store.dashboard import MATCH_KEYS, DayCounts, KeyCoverage
+from connector.quality import Coverage, estimate_label
+from connector.store.dashboard import (
+    MATCH_KEYS,
+    DayCounts,
+    MetaEventView,
+    SweepSummary,
+)
 from connector.store.models import Connection, ConnectionStatus
 
 PAGE_TITLES: Final = {
@@ -294,8 +300,10 @@ def _short(d: date) -> str:
     return d.strftime("%b %d").replace(" 0", " ")
 
 
-def coverage_chart(daily: Sequence[tuple[date, int, float]]) -> Chart | None:
-    """A line of the daily share of events with an email or phone, 0-100 %."""
+def coverage_chart(
+    daily: Sequence[tuple[date, int, float]], *, what: str = "with email or phone"
+) -> Chart | None:
+    """A line of the daily share of events ``what`` (email or phone by default), 0-100 %."""
     width, height, pad = 600, 160, 46
     if not daily:
         return None
@@ -313,92 +321,12 @@ def coverage_chart(daily: Sequence[tuple[date, int, float]]) -> Chart | None:
         bars=[],
         first=_short(daily[0][0]),
         last=_short(daily[-1][0]),
-        description=f"Share of events with email or phone per day; last days {recent}",
+        description=f"Share of events {what} per day; last days {recent}",
         points=points,
     )
 
 
 # -- match quality -----------------------------------------------------------------------
-
-#: rough weight of each key in matching, for our estimate and what to improve first;
-#: Meta names email, phone, click id, IP + user agent and external id as the strongest
-#: (https://www.facebook.com/business/help/765081237991954)
-KEY_WEIGHTS: Final = {
-    "em": 3.0,
-    "ph": 2.5,
-    "fbc": 2.0,
-    "client_ip_address": 1.0,
-    "client_user_agent": 1.0,
-    "external_id": 1.5,
-    "fbp": 1.5,
-    "fn": 0.5,
-    "ln": 0.5,
-    "ct": 0.3,
-    "st": 0.3,
-    "zp": 0.5,
-    "country": 0.3,
-    "ge": 0.2,
-    "db": 0.4,
-}
-
-ADVICE: Final = {
-    "em": "Ask for an email at checkout (or make it required): it is the strongest match key.",
-    "ph": "Ask for a phone number at checkout; include the country code.",
-    "fbc": "Keep the fbclid on landing pages (no redirects that drop query strings) so clicks from ads can be matched.",
-    "fbp": "Install the browser pixel (see Pixel setup) so Meta's browser id reaches the order.",
-    "client_ip_address": "Keep the shopper's IP on orders (some checkout or privacy plugins strip it).",
-    "client_user_agent": "Keep the shopper's browser details on orders (some checkout plugins drop them).",
-    "external_id": "Let shoppers check out with an account, so a stable customer id is sent.",
-    "fn": "Collect first and last names on the billing address.",
-    "ln": "Collect first and last names on the billing address.",
-    "zp": "Collect the postal code on the billing address.",
-    "ct": "Collect the city on the billing address.",
-    "st": "Collect the state or province on the billing address.",
-    "country": "Collect the country on the billing address.",
-    "db": "Collecting a date of birth helps matching, where your store already asks for it.",
-    "ge": "Collecting gender helps matching a little, where your store already asks for it.",
-}
-
-
-@dataclass(frozen=True, kw_only=True)
-class QualityView:
-    event_name: str
-    sampled: int
-    estimate: float  # 0..10, our estimate on Meta's Event Match Quality scale
-    shares: list[tuple[str, str, int]]  # (key, name, percent)
-    improvements: list[str]
-    chart: Chart | None
-
-
-def quality_view(c: KeyCoverage) -> QualityView:
-    """Coverage of one event type as percentages, our 0-10 estimate, the top three fixes."""
-    total = sum(KEY_WEIGHTS.values())
-    score = sum(KEY_WEIGHTS[k] * c.shares.get(k, 0.0) for k in MATCH_KEYS)
-    ranked = sorted(
-        MATCH_KEYS,
-        key=lambda k: KEY_WEIGHTS[k] * (1 - c.shares.get(k, 0.0)),
-        reverse=True,
-    )
-    advice: list[str] = []
-    for k in ranked:
-        if c.shares.get(k, 0.0) >= 0.95:
-            continue
-        text = ADVICE[k]
-        if text not in advice:
-            advice.append(text)
-        if len(advice) == 3:
-            break
-    return QualityView(
-        event_name=c.event_name,
-        sampled=c.sampled,
-        estimate=round(10 * score / total, 1),
-        shares=[
-            (k, KEY_NAMES[k], round(100 * c.shares.get(k, 0.0))) for k in MATCH_KEYS
-        ],
-        improvements=advice,
-        chart=coverage_chart(c.daily),
-    )
-
 
 # -- settings ----------------------------------------------------------------------------
 
@@ -722,3 +650,264 @@ fbq('track', 'Purchase', <?php echo wp_json_encode( $data ); ?>, <?php echo wp_j
 	}}
 );
 """
+
+
+# -- the order sweep, webhook repairs, too-old events, retention -------------------------
+
+
+def sweep_text(summary: SweepSummary | None) -> str:
+    """The last order sweep in a store owner's words: what it checked and what it recovered."""
+    if summary is None or summary.last_run_at is None:
+        return (
+            "The connector has not checked the store's recent orders yet; it does so "
+            "regularly, to send any order whose notification never arrived."
+        )
+    if summary.failed:
+        return (
+            "The last check of your store's recent orders could not reach the store. "
+            "It is tried again at the next check; nothing already received is affected."
+        )
+    c = summary.counts
+    scanned, enqueued, present = (
+        _n(c.get(k)) for k in ("scanned", "enqueued", "present")
+    )
+    skipped = c.get("skipped")
+    skipped_n = (
+        sum(_n(v) for v in skipped.values()) if isinstance(skipped, Mapping) else 0
+    )
+    text = f"Checked {scanned} recent order{_s(scanned)}. "
+    if enqueued:
+        text += (
+            f"{enqueued} had no notification from the store and {_was(enqueued)} "
+            "recovered: their events are on their way to Meta."
+        )
+    else:
+        text += "None were missing: every order had already reached the connector."
+    if present and enqueued:
+        text += f" {present} had already arrived."
+    if skipped_n:
+        text += f" {skipped_n} {_was(skipped_n)} not sent (not a purchase yet, too old for Meta, or not readable)."
+    return text
+
+
+_TOPIC_WORDS: Final = {
+    "orders": "orders",
+    "order": "orders",
+    "checkouts": "checkouts",
+    "app": "the app",
+}
+
+_REPAIR_WORDS: Final = {
+    "reactivated": "Switched back on",
+    "recreated": "Set up again",
+    "failed": "Could not repair",
+}
+
+
+def repair_text(topic: str, action: str) -> str:
+    """One webhook repair as a sentence, e.g. ``Set up again: notifications of orders (paid)``."""
+    head, _, tail = topic.replace(".", "/").partition("/")
+    subject = _TOPIC_WORDS.get(head, "the store")
+    what = tail.replace("_", " ") if tail else ""
+    return f"{_REPAIR_WORDS.get(action, 'Checked')}: the notification of {subject}" + (
+        f" ({what})" if what else ""
+    )
+
+
+def too_old_text(n: int) -> str | None:
+    """Events never delivered because they were past Meta's 7-day window, or None for none."""
+    if not n:
+        return None
+    return (
+        f"{n} order event{_s(n)} could not be sent because {'they were' if n != 1 else 'it was'} "
+        "more than 7 days old by the time the connector could send "
+        f"{'them' if n != 1 else 'it'}: Meta only accepts conversions from the last 7 days."
+    )
+
+
+def retention_text(personal_data_days: int) -> str:
+    """How long customers' details are kept, in one line."""
+    return (
+        f"Customer details (email, phone, address, IP address) are kept for "
+        f"{personal_data_days} day{_s(personal_data_days)} after Meta receives an event, then "
+        "deleted; order numbers and totals stay for your records."
+    )
+
+
+def _n(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
+
+
+def _was(n: int) -> str:
+    return "was" if n == 1 else "were"
+
+
+# -- Meta's own scores -------------------------------------------------------------------
+
+#: Graph error codes of a read without access, as a store owner would be told
+#: (https://developers.facebook.com/docs/graph-api/guides/error-handling)
+_NO_ACCESS_WORDS: Final = (
+    ((190,), "the Meta sign-in has expired or was withdrawn; reconnect Meta"),
+    ((102,), "the Meta sign-in has expired; reconnect Meta"),
+    (
+        (10, *range(200, 300)),
+        "the Meta account connected may not read this pixel's quality; reconnect Meta with "
+        "an account that manages the pixel",
+    ),
+    (
+        (100,),
+        "the connected Meta account cannot see this pixel; check the pixel chosen",
+    ),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetaCheck:
+    """What the page says about Meta's quality read, and whether scores can be shown."""
+
+    text: str
+    tone: str = "ok"  # ok | warn
+    asked: bool = False
+
+
+def meta_check_text(
+    *,
+    outcome: str | None,
+    detail: str | None,
+    checked_at: datetime | None,
+    same_pixel: bool,
+) -> MetaCheck:
+    """Meta's last Dataset Quality read in plain words: never asked, no access (why), failed."""
+    if outcome is None or checked_at is None or not same_pixel:
+        return MetaCheck(
+            text="Meta has not been asked yet. The connector asks Meta once a day, once a "
+            "pixel and a Meta account are connected."
+        )
+    when = checked_at.strftime("%Y-%m-%d %H:%M") + " UTC"
+    if outcome == "no_access":
+        code_match = re.match(r"Meta error (\d+)", detail or "")
+        code = int(code_match.group(1)) if code_match else None
+        reason = next(
+            (words for codes, words in _NO_ACCESS_WORDS if code in codes),
+            "Meta did not let the connected account read this pixel's quality; reconnect Meta",
+        )
+        return MetaCheck(text=f"No access: {reason}. (Asked on {when}.)", tone="warn")
+    if outcome != "ok":
+        return MetaCheck(
+            text=f"Meta could not answer when asked on {when}; it is asked again the next day.",
+            tone="warn",
+        )
+    return MetaCheck(text=f"From Meta, read on {when}.", asked=True)
+
+
+DEDUP_KEY_NAMES: Final = {
+    "event_id": "Event ID",
+    "external_id": "Customer id",
+    "fbp": "Browser id (fbp)",
+}
+
+
+def dedup_rows(
+    dedupe: Mapping[str, Mapping[str, float | None]],
+) -> list[tuple[str, str, str, str]]:
+    """Meta's dedup feedback as rows: (key, browser events with it, server events, deduplicated).
+
+    Percentages as Meta gave them ("not given" when absent); ``event_id`` first
+    (https://developers.facebook.com/docs/marketing-api/conversions-api/dataset-quality-api).
+    """
+
+    def pct(v: float | None) -> str:
+        return "not given" if v is None else f"{v:g}%"
+
+    return [
+        (
+            DEDUP_KEY_NAMES.get(key, key.replace("_", " ")),
+            pct(fb.get("browser")),
+            pct(fb.get("server")),
+            pct(fb.get("overall")),
+        )
+        for key, fb in sorted(
+            dedupe.items(), key=lambda kv: (kv[0] != "event_id", kv[0])
+        )
+    ]
+
+
+_KEY_PHRASE: Final = re.compile(r"\((\d+)% of events lack (\w+)\)$")
+
+
+def plain_improvement(tip: str) -> str:
+    """An improvement from the match-quality rules with its key code named in words."""
+    return _KEY_PHRASE.sub(
+        lambda m: (
+            f"({m.group(1)}% of events have no {KEY_NAMES.get(m.group(2), m.group(2)).lower()})"
+        ),
+        tip,
+    )
+
+
+def plain_warning(message: str) -> str:
+    """A dedup warning without command-line hints (the page links the event list instead)."""
+    return re.sub(r"\s*\(see `[^`]*`\)", " (see Events)", message)
+
+
+def email_chart(daily: Sequence[Coverage]) -> Chart | None:
+    """A line of the daily share of sent events carrying an email, from the daily aggregates."""
+    return coverage_chart(
+        [
+            (date.fromisoformat(c.day), c.events_sent, c.share("em"))
+            for c in daily
+            if c.events_sent
+        ],
+        what="with an email address",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoverageView:
+    event_name: str
+    events_sent: int
+    estimate: float  # our estimate, 0-10
+    estimate_word: str
+    shares: list[tuple[str, str, int]]  # (key, name, percent)
+    chart: Chart | None
+    meta: MetaEventView | None
+    dedup: list[tuple[str, str, str, str]]
+
+
+def coverage_views(
+    totals: Sequence[Coverage],
+    daily: Sequence[Coverage],
+    meta: Sequence[MetaEventView],
+) -> list[CoverageView]:
+    """Per event name: our coverage and estimate over the period, the chart, Meta's answer.
+
+    Names Meta scored that we sent none of in the period still appear, with Meta's part only.
+    """
+    by_meta = {m.event_name: m for m in meta}
+    names = [c.event_name for c in totals] + sorted(
+        n for n in by_meta if n not in {c.event_name for c in totals}
+    )
+    by_total = {c.event_name: c for c in totals}
+    rv = []
+    for name in names:
+        c = by_total.get(name)
+        m = by_meta.get(name)
+        rv.append(
+            CoverageView(
+                event_name=name,
+                events_sent=c.events_sent if c else 0,
+                estimate=c.average_estimate if c else 0.0,
+                estimate_word=estimate_label(c.average_estimate) if c else "",
+                shares=[(k, KEY_NAMES[k], round(100 * c.share(k))) for k in MATCH_KEYS]
+                if c
+                else [],
+                chart=email_chart([d for d in daily if d.event_name == name]),
+                meta=m,
+                dedup=dedup_rows(m.dedupe) if m else [],
+            )
+        )
+    return rv

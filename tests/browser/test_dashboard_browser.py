@@ -11,19 +11,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import pytest
 
-from connector import dispatcher
+from connector import dispatcher, quality
 from connector.config import Settings
 from connector.links import sign_dashboard_link
 from connector.runtime import Runtime
+from connector.store import quality as quality_store
 from connector.store import queries
-from connector.store.models import EventStatus
+from connector.store.models import Connection, EventStatus, SweepState, WebhookRepair
 from connector.web import create_app
 from connector.web.dashboard_views import shopify_custom_pixel, woocommerce_plugin
+from tests.fakes.dataset_quality import event_answer
 from tests.fakes.graph import FakeGraph, make_app
 from tests.fakes.server import LiveServer
 from tests.test_dashboard import FORBIDDEN, add_event
@@ -134,6 +136,94 @@ def drain(world: World) -> None:
         pass
 
 
+#: what the overview and the match-quality page must say, given :func:`seed_health`
+SHOWN: Final = {
+    "Overview": (
+        "Checked 40 recent orders. 2 had no notification from the store",
+        "Managed by the app",
+        "Set up again: the notification of orders (",
+        "1 order event could not be sent because it was more than 7 days old",
+        "are kept for 30 days after Meta receives an event",
+    ),
+    "Match quality": (
+        "From Meta, read on",
+        "7.4 / 10",
+        "ours, not Meta's",
+        "Deduplication warnings",
+        "deduplicated with it",
+    ),
+}
+
+
+def seed_health(runtime: Runtime, conn_id: str, now: datetime) -> None:
+    """The worker's part: coverage aggregates, Meta's answer and warnings, a sweep, a repair."""
+    today = now.date()
+    answers = quality.parse_dataset_quality(
+        {
+            "web": [
+                event_answer(
+                    "Purchase", score=7.4, coverage=81.5, overall_event_id=3.0
+                ),
+                event_answer("InitiateCheckout", score=5.2),
+            ]
+        }
+    )
+    with runtime.sessions.begin() as s:
+        # connected through the app, so the app keeps (and repairs) the store's webhooks
+        conn = s.get(Connection, conn_id)
+        assert conn is not None
+        if conn.platform == "shopify":
+            hooks = {"orders/paid": "1", "orders/create": "2", "checkouts/create": "3"}
+            conn.settings = {
+                **(conn.settings or {}),
+                "shopify_app": True,
+                "shopify_webhooks": hooks,
+                "shopify_webhooks_at": now.isoformat(),
+            }
+        else:
+            conn.settings = {
+                **(conn.settings or {}),
+                "webhooks": {"status": "ready", "checked_at": now.isoformat()},
+            }
+        quality_store.refresh_coverage(
+            s, since=today - timedelta(days=29), until=today, now=now
+        )
+        quality_store.save_meta_scores(
+            s, conn_id, pixel_id=PIXEL, events=answers, now=now
+        )
+        quality_store.set_warnings(s, conn_id, quality.dedup_warnings(answers), now)
+        quality_store.record_meta_check(
+            s,
+            conn_id,
+            pixel_id=PIXEL,
+            token="meta-token",
+            outcome="ok",
+            detail="2 event names",
+            now=now,
+        )
+        s.add(
+            SweepState(
+                connection_id=conn_id,
+                last_run_at=now - timedelta(minutes=12),
+                last_counts={
+                    "scanned": 40,
+                    "enqueued": 2,
+                    "present": 38,
+                    "skipped": {},
+                },
+            )
+        )
+        s.add(
+            WebhookRepair(
+                connection_id=conn_id,
+                topic="orders/paid" if conn.platform == "shopify" else "order.updated",
+                action="recreated",
+                detail="re-created",
+                repaired_at=now - timedelta(hours=3),
+            )
+        )
+
+
 @pytest.mark.parametrize("platform", ["shopify", "woocommerce"])
 def test_every_page_opens_for_a_store(
     world: World, page: Any, screenshot_dir: Path, platform: str
@@ -157,6 +247,15 @@ def test_every_page_opens_for_a_store(
     add_event(
         world.runtime, conn_id, "5101", status="held", last_error="held: reconnect"
     )
+    add_event(
+        world.runtime,
+        conn_id,
+        "5102",
+        status="dead",
+        event_time=now - timedelta(days=9),
+        last_error="too_old: held while the Meta account was not connected",
+    )
+    seed_health(world.runtime, conn_id, now)
     page.goto(entry(world, conn_id, embedded=platform == "shopify"))
     expected = {
         "Overview": "Overview",
@@ -171,6 +270,8 @@ def test_every_page_opens_for_a_store(
         ).click()
         assert heading == page.locator("h1").inner_text()
         assert_fits(page)
+        for words in SHOWN.get(link, ()):
+            assert words in page.locator("main").inner_text()
         shoot(page, screenshot_dir, f"{platform}-{link.lower().replace(' ', '-')}")
         if link == "Events":
             page.get_by_role("link", name="5100").click()
