@@ -77,16 +77,21 @@ STANDALONE_LINK_TTL = timedelta(minutes=10)
 DASHBOARD_MODES = ("embedded", "standalone")
 
 
-def _dashboard_mac(secret_key: str, connection_id: str, mode: str, expires: int) -> str:
+def _dashboard_mac(
+    secret_key: str, connection_id: str, mode: str, expires: int, nonce: str
+) -> str:
     # Its own kind in the message: an admin-link token never opens the dashboard, nor back.
-    msg = f"dashboard-link\n{connection_id}\n{mode}\n{expires}".encode()
+    msg = f"dashboard-link\n{connection_id}\n{mode}\n{expires}\n{nonce}".encode()
     return hmac.new(secret_key.encode(), msg, hashlib.sha256).hexdigest()
 
 
 def sign_dashboard_link(
     secret_key: str, connection_id: str, now: datetime, *, mode: str = "standalone"
 ) -> str:
-    """A token letting its bearer see one store's dashboard (``<expiry>.<mode>.<mac>``).
+    """A token letting its bearer see one store's dashboard (``<expiry>.<mode>.<nonce>.<mac>``).
+
+    The nonce makes every link its own, so spending one (standalone links work once) never
+    spends another signed in the same second.
 
     Raises:
         ValueError: ``mode`` is not one of :data:`DASHBOARD_MODES`.
@@ -95,9 +100,9 @@ def sign_dashboard_link(
         raise ValueError(f"mode must be one of {', '.join(DASHBOARD_MODES)}")
     ttl = STANDALONE_LINK_TTL if mode == "standalone" else DASHBOARD_LINK_TTL
     expires = int((now + ttl).timestamp())
-    return (
-        f"{expires}.{mode}.{_dashboard_mac(secret_key, connection_id, mode, expires)}"
-    )
+    nonce = secrets.token_urlsafe(12)
+    mac = _dashboard_mac(secret_key, connection_id, mode, expires, nonce)
+    return f"{expires}.{mode}.{nonce}.{mac}"
 
 
 def dashboard_link_key(token: str) -> str:
@@ -114,17 +119,23 @@ def verify_dashboard_link(
     secret_key: str, connection_id: str, token: str, now: datetime
 ) -> str | None:
     """The link's mode when ``token`` was signed for ``connection_id`` and is live, else None."""
-    expires_s, _, rest = token.partition(".")
-    mode, _, mac = rest.partition(".")
+    if not token.isascii():
+        return None  # and compare_digest refuses non-ASCII text
+    parts = token.split(".")
+    if len(parts) != 4:
+        return None
+    expires_s, mode, nonce, mac = parts
     if (
-        not (expires_s.isascii() and expires_s.isdigit() and len(expires_s) <= 12)
+        not (expires_s.isdigit() and len(expires_s) <= 12)
         or mode not in DASHBOARD_MODES
+        or not nonce
+        or len(nonce) > 64
         or not mac
     ):
         return None
     expires = int(expires_s)
     if expires < now.timestamp():
         return None
-    expected = _dashboard_mac(secret_key, connection_id, mode, expires)
+    expected = _dashboard_mac(secret_key, connection_id, mode, expires, nonce)
     # compare_digest: == leaks how many leading characters matched
     return mode if hmac.compare_digest(mac, expected) else None

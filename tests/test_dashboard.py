@@ -132,6 +132,10 @@ def test_a_store_link_opens_only_its_own_store(
     [
         pytest.param(lambda s, c: "", id="none"),
         pytest.param(lambda s, c: "123.standalone.abc", id="forged"),
+        pytest.param(lambda s, c: "9999999999.standalone.n0nce.abc", id="forged-mac"),
+        pytest.param(
+            lambda s, c: "9999999999.standalone.n0nce.\u00e9\u00e9", id="non-ascii"
+        ),
         pytest.param(
             lambda s, c: sign_dashboard_link(
                 s.secret_key, c, datetime.now(UTC) - timedelta(hours=3)

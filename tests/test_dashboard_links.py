@@ -45,6 +45,21 @@ def test_a_standalone_link_works_once_and_then_only_in_the_browser_that_opened_i
     assert rv.status_code in {401, 404}  # 404: no operator password is set
 
 
+def test_two_links_signed_in_the_same_second_are_spent_apart(
+    runtime: Runtime, settings: Settings
+) -> None:
+    conn_id = add(runtime, "woocommerce", WOO)
+    now = datetime.now(UTC)
+    first, second = (
+        sign_dashboard_link(settings.secret_key, conn_id, now) for _ in range(2)
+    )
+    assert first != second
+    for t in (first, second):
+        browser = create_app(runtime=runtime).test_client()
+        rv = browser.get(f"/admin/connections/{conn_id}?t={t}", environ_base=OUTSIDE)
+        assert 200 == rv.status_code
+
+
 def test_a_standalone_link_waits_minutes_not_hours_for_its_first_use(
     runtime: Runtime, settings: Settings
 ) -> None:
