@@ -1,4 +1,4 @@
-"""Liveness and metrics."""
+"""The front page, liveness and metrics."""
 
 from __future__ import annotations
 
@@ -33,6 +33,26 @@ GAUGED_STATUSES = (
     EventStatus.HELD,
     EventStatus.DEAD,
 )
+
+
+#: what ``/`` answers: where to go, nothing about this deployment
+HOME_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CAPI connector</title></head>
+<body>
+<h1>CAPI connector</h1>
+<p>This server sends Shopify and WooCommerce orders to Meta's Conversions API.</p>
+<ul>
+<li><a href="/admin">Stores</a> (the operator's page)</li>
+<li><a href="/healthz">Health</a></li>
+</ul>
+</body></html>
+"""
+
+
+@bp.get("/")
+def home() -> Response:
+    """A short page linking to ``/admin`` and ``/healthz``; it reveals no setting or store."""
+    return Response(HOME_PAGE, mimetype="text/html")
 
 
 @bp.get("/healthz")
