@@ -144,3 +144,27 @@ def test_counting_goes_on_after_the_folder_has_gone(tmp_path: Path) -> None:
     assert 1 == samples[("connector_graph_requests_total", None)]
     assert folder.is_dir()
     assert 1 == out.stderr.count("metrics:"), out.stderr
+
+
+def test_the_folder_a_run_made_goes_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    monkeypatch.delenv(ENV, raising=False)
+    conf = _conf()
+    conf["on_starting"](object())
+    made = Path(os.environ[ENV])
+    (made / "counter_1.db").write_bytes(b"")
+    conf["on_exit"](object())
+    assert not made.exists()
+
+
+def test_a_configured_folder_stays_at_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV, str(tmp_path))
+    conf = _conf()
+    conf["on_starting"](object())
+    conf["on_exit"](object())
+    assert tmp_path.is_dir()
