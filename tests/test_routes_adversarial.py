@@ -61,6 +61,7 @@ POST_ROUTES = (
     "/meta/disconnect",
 )
 EXPECTED_RULES = {
+    "/": {"GET"},
     "/healthz": {"GET"},
     "/metrics": {"GET"},
     "/admin": {"GET"},
