@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from urllib.parse import unquote_plus
 
 #: query parameters that carry a secret: Graph's tokens, codes and proofs, and the WooCommerce
@@ -92,6 +92,12 @@ class RedactSecrets(logging.Filter):
             record.args = tuple(
                 redact_query(a) if isinstance(a, str) else a for a in record.args
             )
+        elif isinstance(record.args, MutableMapping):
+            # in place: gunicorn's access atoms are a dict that answers "-" for absent keys
+            # (``%({x-request-id}i)s``); a plain copy would fail the line with KeyError
+            for k, v in list(record.args.items()):
+                if isinstance(v, str):
+                    record.args[k] = redact_query(v)
         elif isinstance(record.args, Mapping):
             record.args = {
                 k: redact_query(v) if isinstance(v, str) else v

@@ -90,3 +90,29 @@ def test_a_log_record_never_carries_the_value(query: str) -> None:
 )
 def test_other_names_are_kept(text: str) -> None:
     assert text == redact_query(text)
+
+
+class Atoms(dict[str, str]):
+    """Like gunicorn's access-log atoms: an absent key reads as "-"."""
+
+    def __missing__(self, key: str) -> str:
+        return "-"
+
+
+def test_a_forgiving_atoms_mapping_keeps_forgiving() -> None:
+    """The filter rewrites gunicorn's atoms in place: a header atom absent from the request
+    still formats as "-", and a secret in the request line is still redacted."""
+    atoms = Atoms({"r": "GET /meta/connect?%74oken=S3CRETVALUE HTTP/1.1", "s": "200"})
+    record = logging.LogRecord(
+        "gunicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '"%(r)s" %(s)s rid=%({x-request-id}i)s',
+        (atoms,),
+        None,
+    )
+    RedactSecrets().filter(record)
+    message = record.getMessage()
+    assert "S3CRETVALUE" not in message
+    assert message.endswith("rid=-")
