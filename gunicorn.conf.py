@@ -62,3 +62,39 @@ control_socket_disable = True
 # Forwarded headers are trusted by the app itself (werkzeug's ProxyFix, see
 # CONNECTOR_TRUSTED_PROXIES), not by gunicorn, so only one layer decides.
 forwarded_allow_ips = "127.0.0.1,::1"
+
+
+# Metrics of every worker meet in one folder (prometheus-client's multiprocess mode,
+# https://prometheus.github.io/client_python/multiprocess/): the master makes a fresh private
+# one (mkdtemp: unguessable name, mode 0700) before any worker starts, unless the operator
+# named one; a configured folder is emptied of the previous run's files, as the library asks.
+_made_metrics_dir: dict[str, str] = {}
+
+
+def on_starting(server: object) -> None:
+    import glob
+    import tempfile
+
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not configured:
+        made = tempfile.mkdtemp(prefix="capi-connector-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_metrics_dir["path"] = made
+        return
+    os.makedirs(configured, mode=0o700, exist_ok=True)
+    for stale in glob.glob(os.path.join(configured, "*.db")):
+        os.remove(stale)
+
+
+def child_exit(server: object, worker: object) -> None:
+    from connector.metrics import mark_process_dead
+
+    mark_process_dead(getattr(worker, "pid"))  # noqa: B009 - gunicorn's Worker, untyped here
+
+
+def on_exit(server: object) -> None:
+    """The folder this run made goes with it (a configured one stays)."""
+    import shutil
+
+    made = _made_metrics_dir.get("path")
+    if made:
+        shutil.rmtree(made, ignore_errors=True)

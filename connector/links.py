@@ -55,6 +55,7 @@ def verify_admin_link(
     if (
         not (expires_s.isascii() and expires_s.isdigit() and len(expires_s) <= 12)
         or not mac
+        or not mac.isascii()  # compare_digest raises TypeError on non-ASCII text
         or not nonce
         or len(nonce) > _MAX_NONCE
         or not nonce.isascii()

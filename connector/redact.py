@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
+from urllib.parse import unquote_plus
 
 #: query parameters that carry a secret: Graph's tokens, codes and proofs, and the WooCommerce
 #: key and signature of one-legged OAuth 1.0a (used for plain-http stores)
@@ -55,14 +56,25 @@ SECRET_HEADERS = frozenset(
         "x-shopify-access-token",
     }
 )
-_SECRET_IN_QUERY = re.compile(
-    r"(?P<key>(?<![A-Za-z0-9_])(?:" + "|".join(SECRET_PARAMS) + r")=)[^&\s\"']*"
-)
+_SECRET_NAMES = frozenset(SECRET_PARAMS)
+#: any ``name=value``: the name as sent, percent-encoding and ``+`` included
+_PARAM = re.compile(r"(?P<key>(?<![A-Za-z0-9_%+])(?P<name>[A-Za-z0-9_%+]+)=)[^&\s\"']*")
+
+
+def _secret_name(raw: str) -> bool:
+    # The web framework decodes ``%74oken`` to ``token`` before the app reads it, so the
+    # name is judged decoded (and whatever its case), not as it was spelled.
+    return unquote_plus(raw).strip().lower() in _SECRET_NAMES
+
+
+def _blank(m: re.Match[str]) -> str:
+    return m["key"] + "[redacted]" if _secret_name(m["name"]) else m[0]
 
 
 def redact_query(text: str) -> str:
-    """``text`` with the values of :data:`SECRET_PARAMS` replaced, wherever they appear."""
-    return _SECRET_IN_QUERY.sub(r"\g<key>[redacted]", text)
+    """``text`` with the values of :data:`SECRET_PARAMS` replaced, wherever they appear,
+    however the parameter's name is percent-encoded (``%74oken=``, ``t%6Fken=``)."""
+    return _PARAM.sub(_blank, text)
 
 
 def redact_headers(name: str, value: str) -> str:
@@ -80,9 +92,9 @@ class RedactSecrets(logging.Filter):
             record.args = tuple(
                 redact_query(a) if isinstance(a, str) else a for a in record.args
             )
-        elif isinstance(record.args, dict):
-            # In place: gunicorn's access-log atoms are a dict subclass that answers "-" for a
-            # header the request lacks; a plain copy would make its format raise KeyError.
+        elif isinstance(record.args, MutableMapping):
+            # in place: gunicorn's access atoms are a dict that answers "-" for absent keys
+            # (``%({x-request-id}i)s``); a plain copy would fail the line with KeyError
             for k, v in list(record.args.items()):
                 if isinstance(v, str):
                     record.args[k] = redact_query(v)

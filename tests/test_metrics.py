@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import stat
 import subprocess
 import sys
 import uuid
@@ -293,11 +294,13 @@ def test_several_processes_add_up_in_multiprocess_mode(tmp_path: Path) -> None:
 def test_a_gunicorn_worker_without_the_variable_shares_its_masters_folder(
     tmp_path: Path,
 ) -> None:
-    """Inside a gunicorn worker the folder defaults to one named after the master's pid."""
+    """Without gunicorn.conf.py, a worker's folder is named after its master (pid and start
+    time) and is private: a real folder of this user, mode 0700."""
     code = (
         "import sys, os, json, gunicorn.arbiter\n"
         "from connector import metrics\n"
-        "print(json.dumps([metrics.MULTIPROC_DIR, os.getppid()]))\n"
+        "print(json.dumps([metrics.MULTIPROC_DIR, os.getppid(),"
+        " metrics._start_time(os.getppid())]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     env["TMPDIR"] = str(tmp_path)
@@ -310,9 +313,53 @@ def test_a_gunicorn_worker_without_the_variable_shares_its_masters_folder(
         text=True,
         timeout=60,
     ).stdout
-    folder, ppid = json.loads(out)
-    assert str(tmp_path / f"capi-connector-metrics-{ppid}") == folder
+    folder, ppid, started = json.loads(out)
+    assert started
+    assert str(tmp_path / f"capi-connector-metrics-{ppid}-{started}") == folder
     assert Path(folder).is_dir()
+    assert 0o700 == stat.S_IMODE(Path(folder).stat().st_mode)
+
+
+@pytest.mark.parametrize("planted", ["open-folder", "link", "file"])
+def test_a_worker_never_uses_a_folder_someone_planted_at_its_name(
+    tmp_path: Path, planted: str
+) -> None:
+    """A folder open to others, a link or a file at the predictable name is not counted into."""
+    from connector.metrics import _start_time
+
+    name = f"capi-connector-metrics-{os.getpid()}-{_start_time(os.getpid())}"
+    target = tmp_path / name
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o700)
+    if planted == "open-folder":
+        target.mkdir()
+        target.chmod(0o777)
+    elif planted == "link":
+        target.symlink_to(elsewhere)
+    else:
+        target.write_text("")
+    code = (
+        "import gunicorn.arbiter\n"
+        "from connector import metrics\n"
+        "metrics.count_webhook('shopify', 'orders/paid', 'accepted')\n"
+        "print(metrics.MULTIPROC_DIR)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "None" == out.stdout.strip()
+    assert "not a private folder" in out.stderr
+    assert [] == list(elsewhere.iterdir())
+    if planted == "open-folder":
+        assert [] == list(target.iterdir())
 
 
 def test_a_gunicorn_worker_counts_into_the_shared_folder(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -60,6 +61,7 @@ POST_ROUTES = (
     "/meta/disconnect",
 )
 EXPECTED_RULES = {
+    "/": {"GET"},
     "/healthz": {"GET"},
     "/metrics": {"GET"},
     "/admin": {"GET"},
@@ -1305,7 +1307,10 @@ def test_the_admin_page_escapes_stored_store_names(
     """A connection whose store name carries markup is listed escaped on /admin."""
     with runtime.sessions.begin() as s:
         queries.upsert_connection(s, "woocommerce", f"https://x.example/{SCRIPT}")
-    rv = client.get("/admin")  # the test client is 127.0.0.1 and no password is set
+    # the test client is 127.0.0.1, no password is set, APP_URL is local: development
+    local = dataclasses.replace(runtime.settings, app_url="http://localhost:8000")
+    app = create_app(runtime=dataclasses.replace(runtime, settings=local))
+    rv = app.test_client().get("/admin")
     assert 200 == rv.status_code
     _no_raw_script(rv)
     assert "&lt;script&gt;" in rv.get_data(as_text=True)

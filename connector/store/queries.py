@@ -550,7 +550,9 @@ def event_counts(session: Session) -> dict[str, int]:
 
 
 def _hash_nonce(nonce: str) -> str:
-    return hashlib.sha256(nonce.encode()).hexdigest()
+    # surrogatepass: a lone surrogate (JSON "\ud800") hashes instead of raising; no issued
+    # nonce contains one, so such a value is simply unknown.
+    return hashlib.sha256(nonce.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def issue_state(
@@ -594,6 +596,10 @@ def consume_state(
     now = now or utcnow()
     if not nonce:
         raise OAuthStateError("the sign-in link carries no state")
+    if not nonce.isascii():  # issued states are URL-safe ASCII: anything else is forged
+        raise OAuthStateError(
+            "this sign-in link is not valid or was used already; start again"
+        )
     # UPDATE ... WHERE used_at IS NULL: of two concurrent callbacks, only one wins.
     result = session.execute(
         update(OAuthState)

@@ -1,4 +1,4 @@
-"""Liveness and metrics."""
+"""The front page, liveness and metrics."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
+from werkzeug.exceptions import TooManyRequests
 
 from connector import metrics as connector_metrics
 from connector.config import Settings
@@ -19,6 +20,7 @@ from connector.metrics import CONTENT_TYPE_LATEST, GaugeMetricFamily, Metric
 from connector.store.models import Connection, Event, EventStatus
 from connector.store.queries import worker_liveness
 from connector.web import get_runtime
+from connector.web.login_throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
@@ -32,6 +34,26 @@ GAUGED_STATUSES = (
     EventStatus.HELD,
     EventStatus.DEAD,
 )
+
+
+#: what ``/`` answers: where to go, nothing about this deployment
+HOME_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>CAPI connector</title></head>
+<body>
+<h1>CAPI connector</h1>
+<p>This server sends Shopify and WooCommerce orders to Meta's Conversions API.</p>
+<ul>
+<li><a href="/admin">Stores</a> (the operator's page)</li>
+<li><a href="/healthz">Health</a></li>
+</ul>
+</body></html>
+"""
+
+
+@bp.get("/")
+def home() -> Response:
+    """A short page linking to ``/admin`` and ``/healthz``; it reveals no setting or store."""
+    return Response(HOME_PAGE, mimetype="text/html")
 
 
 @bp.get("/healthz")
@@ -48,17 +70,22 @@ def healthz() -> tuple[Response, int]:
     return jsonify(status="ok", workers=workers), 200
 
 
-def _bearer_matches(expected: str) -> bool:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), expected.encode()
+def _same(given: str, expected: str) -> bool:
+    # surrogatepass: a header decoded to a lone surrogate compares (unequal) instead of raising
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"),
+        expected.encode("utf-8", "surrogatepass"),
     )
 
 
-def _basic_matches(expected: str) -> bool:
+def _bearer_given() -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _basic_given() -> str | None:
     auth = request.authorization
-    given = (auth.password or "") if auth is not None and auth.type == "basic" else ""
-    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+    return (auth.password or "") if auth is not None and auth.type == "basic" else None
 
 
 def metrics_access(settings: Settings) -> int | None:
@@ -66,16 +93,40 @@ def metrics_access(settings: Settings) -> int | None:
 
     Outside production /metrics is open. In production it needs ``Authorization: Bearer
     METRICS_TOKEN`` or HTTP Basic with ``ADMIN_PASSWORD`` (any user name); with neither set,
-    the route does not exist (404).
+    the route does not exist (404). A wrong Bearer token or Basic password counts as a failed
+    login in the same throttle as ``/admin`` (per client address and overall), and while the
+    address is throttled every credentialed request is refused.
+
+    Raises:
+        TooManyRequests: too many recent failed logins (429 with ``Retry-After``).
     """
     if not settings.is_production:
         return None
     if settings.metrics_token is None and settings.admin_password is None:
         return 404
-    if settings.metrics_token is not None and _bearer_matches(settings.metrics_token):
+    bearer, basic = _bearer_given(), _basic_given()
+    if bearer is None and basic is None:
+        return 401  # a first request before credentials: not a guess
+    throttle: LoginThrottle = current_app.extensions["login_throttle"]
+    client = request.remote_addr or "-"
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        raise TooManyRequests(
+            "too many failed logins; try again later", retry_after=wait
+        )
+    accepted = (
+        bearer is not None
+        and settings.metrics_token is not None
+        and _same(bearer, settings.metrics_token)
+    ) or (
+        basic is not None
+        and settings.admin_password is not None
+        and _same(basic, settings.admin_password)
+    )
+    if accepted:
+        throttle.succeeded(client)
         return None
-    if settings.admin_password is not None and _basic_matches(settings.admin_password):
-        return None
+    throttle.failed(client)
     return 401
 
 
