@@ -26,9 +26,14 @@ Order fields: https://woocommerce.github.io/woocommerce-rest-api-docs/#order-pro
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from adapters.woocommerce.fields import as_gmt as _gmt
+from adapters.woocommerce.fields import as_int as _int
+from adapters.woocommerce.fields import as_mapping as _mapping
+from adapters.woocommerce.fields import as_str as _str
+from adapters.woocommerce.fields import meta_value as _meta_value
 from connector.matching import FromAddress, build_fbc, fbclid_from_url
 
 
@@ -102,51 +107,3 @@ def _fbc_from_attribution(order: Mapping[str, Any], event_time: datetime) -> str
 
 
 # -- lenient readers (translate has its own; importing them from there would be circular) --
-
-
-def _meta_value(order: Mapping[str, Any], key: str) -> Any:
-    items = order.get("meta_data")
-    for item in items if isinstance(items, list) else ():
-        if isinstance(item, Mapping) and item.get("key") == key:
-            return item.get("value")
-    return None
-
-
-def _str(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, int | float):
-        return str(value)
-    return None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isascii() and text.isdigit() and len(text) <= 19:
-            return int(text)
-    return None
-
-
-def _gmt(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace(" ", "T", 1))
-    except (ValueError, OverflowError):
-        return None
-    return (
-        parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-    )
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}

@@ -89,11 +89,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, get_args
 
 from adapters.woocommerce import match_keys
+from adapters.woocommerce.fields import as_gmt as _gmt
+from adapters.woocommerce.fields import as_int as _int
+from adapters.woocommerce.fields import as_list as _list
+from adapters.woocommerce.fields import as_mapping as _mapping
+from adapters.woocommerce.fields import as_str as _str
+from adapters.woocommerce.fields import meta_value
 from connector import matching
 from connector.errors import PayloadError
 from connector.events import (
@@ -420,14 +426,6 @@ def _from_legacy(order: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def meta_value(order: Mapping[str, Any], key: str) -> Any:
-    """The value of the first ``meta_data`` entry named ``key``, or None."""
-    for item in _list(order.get("meta_data")):
-        if isinstance(item, Mapping) and item.get("key") == key:
-            return item.get("value")
-    return None
-
-
 # -- events ---------------------------------------------------------------------------
 
 
@@ -579,30 +577,6 @@ def _contents(items: Iterable[Any], fmt: str) -> Iterable[Content]:
 # -- lenient readers: WooCommerce sends numbers as strings, and plugins add odd shapes --
 
 
-def _str(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        return value.strip() or None
-    if isinstance(value, int | float):
-        return str(value)
-    return None
-
-
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.isascii() and text.isdigit() and len(text) <= 19:
-            return int(text)
-    return None
-
-
 def _decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool) or value is None:
         return None
@@ -613,29 +587,6 @@ def _decimal(value: Any) -> Decimal | None:
     except InvalidOperation:
         return None
     return rv if rv.is_finite() and abs(rv) < Decimal("1e15") else None
-
-
-def _gmt(value: Any) -> datetime | None:
-    """A ``*_gmt`` field (``2017-03-22T19:28:08``, UTC without an offset) as an aware datetime."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace(" ", "T", 1))
-        return (
-            parsed.replace(tzinfo=UTC)
-            if parsed.tzinfo is None
-            else parsed.astimezone(UTC)
-        )
-    except (ValueError, OverflowError):
-        return None
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _unique(*values: str | None) -> list[str]:
