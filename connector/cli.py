@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -181,13 +182,20 @@ def serve(ctx: click.Context, host: str, port: int | None, no_worker: bool) -> N
         )
     finally:
         stop.set()
-        if runner is not None:
-            runner.stop()
+        stopping = time.monotonic()
         if thread is not None:
-            # Ctrl-C: the worker finishes or releases its batch before the process ends.
+            # Ctrl-C: the worker finishes or releases its batch before the process ends...
             from connector.dispatcher import SHUTDOWN_GRACE_SECONDS
 
             thread.join(SHUTDOWN_GRACE_SECONDS)
+        if runner is not None:
+            # ...while a periodic job, told at the same moment, gets what is left of its own
+            # budget: its work is idempotent, so one stuck on a store is left to its thread.
+            from connector.jobs import JOB_STOP_SECONDS
+
+            runner.stop(
+                timeout=max(0.5, JOB_STOP_SECONDS - (time.monotonic() - stopping))
+            )
 
 
 @cli.command()

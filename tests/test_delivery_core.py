@@ -373,6 +373,10 @@ def test_an_answer_that_trickles_in_past_the_deadline_is_given_up(
     assert {r.send_count for r in rows(rt, conn_id)} == {1}
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_serve_finishes_the_workers_batch(
     runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
 ) -> None:
@@ -390,6 +394,9 @@ def test_ctrl_c_on_serve_finishes_the_workers_batch(
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as a terminal delivers it: a test run started in the background (as CI runs
+        # its two suites) inherits SIGINT ignored, and Python keeps it ignored.
+        preexec_fn=_sigint_default,
     )
     try:
         wait_for(lambda: state.in_flight > 0)
