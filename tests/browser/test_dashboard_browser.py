@@ -118,13 +118,20 @@ def entry(world: World, conn_id: str, *, embedded: bool = False) -> str:
 
 def shoot(page: Any, directory: Path, name: str) -> Path:
     path = directory / f"{name}.png"
+    page.wait_for_load_state("load")
     page.screenshot(path=str(path), full_page=True)
     print(f"screenshot: {path}")
     return path
 
 
 def assert_fits(page: Any) -> None:
-    """Nothing is wider than the 375 px screen, and no page shows internals."""
+    """Nothing is wider than the 375 px screen, and no page shows internals.
+
+    A click starts the navigation but does not wait for the stylesheet, so the
+    measure waits for the page's ``load`` event first: before its CSS, any page
+    with a code block is as wide as its longest line.
+    """
+    page.wait_for_load_state("load")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= MOBILE["width"], f"{page.url} is {width}px wide"
     assert not FORBIDDEN.search(page.content())
