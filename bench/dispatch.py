@@ -12,7 +12,6 @@ Target on a 2-core machine: at least 8,000 events/s and under 150 MB peak RSS.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -83,21 +82,30 @@ class PeakRss(threading.Thread):
             time.sleep(0.02)
 
 
-def event_payload(event_id: str, when: datetime) -> dict[str, Any]:
-    digest = hashlib.sha256(f"{event_id}@example.com".encode()).hexdigest()
-    return {
-        "event_name": "Purchase",
-        "event_time": int(when.timestamp()),
-        "event_id": event_id,
-        "action_source": "website",
-        "event_source_url": "https://shop.example/checkouts/thank_you",
-        "user_data": {
-            "em": [digest],
-            "client_ip_address": "203.0.113.7",
-            "client_user_agent": "Mozilla/5.0 (X11; Linux x86_64)",
-        },
-        "custom_data": {"value": 42.5, "currency": "EUR", "order_id": event_id},
-    }
+ORDER = ROOT / "tests" / "fixtures" / "shopify" / "order_storefront.json"
+
+
+def real_sized_payloads(n: int, when: datetime) -> list[dict[str, Any]]:
+    """``n`` Purchases as the webhook path stores them: the storefront order fixture (full
+    customer data, line items, fbp/fbc, IP and user agent) through the real translation, each
+    with its own order id, email and phone, so no two payloads share their hashes."""
+    from adapters.shopify.translate import translate_order
+    from connector.platform import ConnectionInfo
+
+    order = json.loads(ORDER.read_text())
+    conn = ConnectionInfo(id="bench", platform="shopify", store="bench.myshopify.com")
+    rv = []
+    for i in range(n):
+        order["id"] = 7_000_000_000_000 + i
+        order["email"] = f"shopper{i}@example.com"
+        order["customer"]["email"] = order["email"]
+        order["processed_at"] = order["created_at"] = when.isoformat()
+        outcome = translate_order(
+            "orders/paid", order, conn, when + timedelta(minutes=1)
+        )
+        (event,) = outcome.events
+        rv.append(event.to_meta())
+    return rv
 
 
 def seed(runtime: Runtime, n: int, token: str) -> None:
@@ -108,20 +116,21 @@ def seed(runtime: Runtime, n: int, token: str) -> None:
             session, "shopify", "bench.myshopify.com", pixel_id=PIXEL, meta_token=token
         )
         conn_id = conn.id
+    payloads = real_sized_payloads(n, when)
     rows = [
         {
             "connection_id": conn_id,
             "event_name": "Purchase",
-            "event_id": f"order-{i}",
+            "event_id": payload["event_id"],
             "event_time": when,
-            "payload": event_payload(f"order-{i}", when),
+            "payload": payload,
             "status": EventStatus.PENDING,
             "attempts": 0,
             "send_count": 0,
             "next_attempt_at": now - timedelta(seconds=1),
             "created_at": now,
         }
-        for i in range(n)
+        for payload in payloads
     ]
     for start in range(0, n, 5000):
         with runtime.sessions.begin() as session:
@@ -131,6 +140,11 @@ def seed(runtime: Runtime, n: int, token: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run the worker under cProfile and write its stats to FILE",
+    )
     parser.add_argument(
         "--database-url",
         default=os.environ.get(
@@ -192,7 +206,14 @@ def main() -> None:
         )
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "connector.cli", "worker", "--drain"],
+            [
+                sys.executable,
+                *(["-m", "cProfile", "-o", args.profile] if args.profile else []),
+                "-m",
+                "connector.cli",
+                "worker",
+                "--drain",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

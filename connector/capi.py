@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import requests
 from urllib3.exceptions import NameResolutionError, NewConnectionError
 
-from connector import __version__, metrics
+from connector import __version__, jsoncodec, metrics
 from connector.config import Settings
 from connector.errors import GraphError
 from connector.events import ActionSource
@@ -117,8 +117,11 @@ def encode_json_body(body: Mapping[str, Any]) -> bytes:
     Meta's "Using the API" page shows the request body of ``POST /{pixel}/events`` as a JSON
     object (``{"data": [...], ...}``) and the Graph API takes ``application/json`` bodies:
     https://developers.facebook.com/docs/marketing-api/conversions-api/using-the-api
+
+    Compact UTF-8 (:func:`connector.jsoncodec.dumps`): the document ``json.dumps`` gives with
+    ``separators=(",", ":")`` and ``ensure_ascii=False``, several times faster.
     """
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return jsoncodec.dumps(body)
 
 
 def failed_event_index(error: GraphError, size: int) -> int | None:

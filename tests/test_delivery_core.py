@@ -120,9 +120,12 @@ def take_over(rt: Runtime, conn_id: str, owner: str = "other-worker") -> None:
 def test_rows_another_worker_took_over_meanwhile_are_not_sent(
     runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
 ) -> None:
-    """While store A's request is in flight, B's rows are re-leased: this worker never sends them."""
+    """While store A's request is in flight, B's rows are re-leased: this worker never sends them.
+
+    The lease is short enough that every request renews it first (see FRESH_LEASE_SHARE).
+    """
     state, server = graph
-    rt = at(runtime, server.url)
+    rt = at(runtime, server.url, lease_seconds=10)
     _, b, a_ids, _ = two_stores(rt)
     worker = Dispatcher(rt, worker_id="w1", concurrency=1, policy=FAST)
     claimed = worker.claim()
@@ -146,7 +149,7 @@ def test_rows_taken_over_during_their_own_request_are_not_counted_as_sent(
 ) -> None:
     """An answer recorded for no row (all re-leased) counts as lease lost, not as sent."""
     state, server = graph
-    rt = at(runtime, server.url)
+    rt = at(runtime, server.url, lease_seconds=10)
     conn = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
     add_events(rt, conn, 3)
     worker = Dispatcher(rt, worker_id="w1", policy=FAST)
@@ -158,6 +161,32 @@ def test_rows_taken_over_during_their_own_request_are_not_counted_as_sent(
     thread.join(timeout=30)
     worker.close()
     assert (worker.stats.sent, worker.stats.lease_lost) == (0, 3)
+
+
+def test_a_request_right_after_its_claim_goes_without_renewing_the_lease(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """Claimed moments ago, with the whole lease ahead: one write to lease, one to record."""
+    state, server = graph
+    rt = at(runtime, server.url, lease_seconds=120)
+    conn = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    ids = add_events(rt, conn, 3)
+    writes: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE EVENTS"):
+            writes.append(statement)
+
+    event.listen(rt.engine, "before_cursor_execute", seen)
+    try:
+        worker = Dispatcher(rt, worker_id="w1", policy=FAST)
+        worker.process(worker.claim())
+        worker.close()
+    finally:
+        event.remove(rt.engine, "before_cursor_execute", seen)
+    assert Counter(state.event_ids(PIXEL_A)) == Counter(ids)
+    assert worker.stats.sent == 3
+    assert len(writes) == 2, writes
 
 
 def test_a_claim_that_used_most_of_its_lease_gives_the_rest_back(

@@ -8,6 +8,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from connector import jsoncodec
+
 #: seconds to wait for a PostgreSQL connection before giving up (libpq ``connect_timeout``)
 CONNECT_TIMEOUT_SECONDS = 10
 #: TCP keepalives: a peer gone silent (a failover, a dropped NAT entry) is noticed in about
@@ -54,7 +56,9 @@ def make_engine(
 
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            **_json_codec(kwargs),
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take it over so BEGIN IMMEDIATE works.
@@ -74,7 +78,14 @@ def make_engine(
     if "poolclass" not in kwargs:
         kwargs.setdefault("pool_size", 10)
         kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, **kwargs)
+    return create_engine(url, **_json_codec(kwargs))
+
+
+def _json_codec(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """JSON columns read and written by :mod:`connector.jsoncodec` unless the caller chose."""
+    kwargs.setdefault("json_serializer", jsoncodec.dumps_text)
+    kwargs.setdefault("json_deserializer", jsoncodec.loads)
+    return kwargs
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

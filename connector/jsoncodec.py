@@ -1,0 +1,59 @@
+"""JSON in and out of the outbox and the Graph API, fast where it can be, exact where not.
+
+Every outbox row's ``payload`` is read as JSON when a worker claims it, and every request to
+Meta carries up to 1,000 of them as one JSON body: with the standard library these two passes
+were the largest share of a worker's time. orjson (https://github.com/ijl/orjson) reads and
+writes the same documents several times faster. Where it is stricter than the standard
+library, the standard library takes over, so nothing that was readable or writable before
+stops being so:
+
+- writing: integers beyond 64 bits and other types orjson refuses (``TypeError``);
+- reading: ``NaN`` and ``Infinity``, which Python's ``json.dumps`` writes but JSON forbids.
+
+Dict keys that are not strings are written as strings, as ``json.dumps`` does.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def dumps(value: Any) -> bytes:
+    """``value`` as compact UTF-8 JSON bytes (no spaces, non-ASCII kept as is).
+
+    Raises:
+        TypeError: the value is not JSON-serializable (as ``json.dumps`` raises it).
+        ValueError: it holds a circular reference.
+    """
+    try:
+        return orjson.dumps(value, option=_OPTIONS)
+    except TypeError:
+        # A 65-bit integer, say: the standard library writes what orjson will not.
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode(
+            "utf-8"
+        )
+
+
+def dumps_text(value: Any) -> str:
+    """:func:`dumps` as a ``str``: SQLAlchemy's ``json_serializer`` for JSON columns."""
+    return dumps(value).decode("utf-8")
+
+
+def loads(document: str | bytes | bytearray | memoryview) -> Any:
+    """The value of a JSON document: SQLAlchemy's ``json_deserializer`` for JSON columns.
+
+    Raises:
+        ValueError: the document is not JSON (``json.JSONDecodeError`` is a ValueError).
+    """
+    try:
+        return orjson.loads(document)
+    except orjson.JSONDecodeError:
+        # NaN or Infinity, written by json.dumps before this module existed.
+        if isinstance(document, memoryview):
+            document = document.tobytes()
+        return json.loads(document)
