@@ -64,7 +64,7 @@ def appsecret_proof(access_token: str, app_secret: str) -> str:
 
 
 def build_request_body(
-    events: Sequence[Mapping[str, Any]],
+    events: Sequence[Mapping[str, Any] | jsoncodec.Raw],
     *,
     access_token: str,
     app_secret: str | None = None,
@@ -274,7 +274,7 @@ class GraphClient:
         self,
         pixel_id: str,
         access_token: str,
-        events: Sequence[Mapping[str, Any]],
+        events: Sequence[Mapping[str, Any] | jsoncodec.Raw],
         *,
         test_event_code: str | None = None,
     ) -> SendResult:

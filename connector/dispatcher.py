@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,11 +38,14 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy import (
+    cast as sql_cast,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from connector import logs, metrics
+from connector import jsoncodec, logs, metrics
 from connector.capi import GraphClient, SendResult, event_problem, failed_event_index
 from connector.crypto import keyring
 from connector.errors import CryptoError, GraphError
@@ -123,7 +126,10 @@ class Claimed:
     id: int
     connection_id: str
     event_time: datetime
-    payload: dict[str, Any]
+    #: the Meta event as stored (JSON text): it travels into the request as it is, so a
+    #: claim holds 2 KB of text per event, not the objects a parse would make of it
+    document: str
+    event_id: str
     attempts: int
     #: times this row was claimed again after a lease ran out
     reclaims: int = 0
@@ -274,12 +280,34 @@ class Dispatcher:
         self._http = ThreadPoolExecutor(
             self.concurrency + 4, thread_name_prefix="connector-http"
         )
+        # One claim ahead at most, on its own database connection.
+        self._claimer = ThreadPoolExecutor(1, thread_name_prefix="connector-claim")
         self._last_beat = 0.0
 
     def close(self) -> None:
         """Wait for the sending threads; drop exchanges past their deadline."""
+        self._claimer.shutdown(wait=True)
         self._senders.shutdown(wait=True)
         self._http.shutdown(wait=False, cancel_futures=True)
+
+    def claim_ahead(self) -> Future[list[Claimed]]:
+        """:meth:`claim` on a thread of its own, to overlap the requests of the claim before.
+
+        Its rows are leased as soon as it runs: process them, or :meth:`give_back` them.
+        """
+        return self._claimer.submit(self.claim)
+
+    def give_back(self, ahead: Future[list[Claimed]]) -> None:
+        """Release the rows of a claim made ahead that will not be processed (a stop)."""
+        try:
+            rows = ahead.result()
+        except SQLAlchemyError:
+            # The claim failed: it leased nothing, or its rows go again once the lease ends.
+            log.warning(
+                "a claim made ahead failed; its rows go again after their lease"
+            )
+            return
+        self._release(rows)
 
     def _row_ids(self, ids: Sequence[int]) -> ColumnElement[bool]:
         """``events.id`` is one of ``ids``.
@@ -348,7 +376,8 @@ class Dispatcher:
                 t.c.id,
                 t.c.connection_id,
                 t.c.event_time,
-                t.c.payload,
+                sql_cast(t.c.payload, Text),
+                t.c.event_id,
                 t.c.attempts,
                 t.c.reclaims,
             )
@@ -377,7 +406,9 @@ class Dispatcher:
                 if picked
                 else []
             )
-        claimed = [Claimed(r[0], r[1], r[2], r[3], r[4], r[5], leased_at) for r in rows]
+        claimed = [
+            Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], leased_at) for r in rows
+        ]
         claimed.sort(key=lambda c: c.id)
         self.stats.add("claimed", len(claimed))
         return claimed
@@ -479,13 +510,22 @@ class Dispatcher:
         """Set aside, visibly, the rows Meta would refuse: each would sink its whole request."""
         keep: list[Claimed] = []
         for row in rows:
-            verdict = check_event_time(
-                row.event_time, now, action_source=row.payload.get("action_source")
-            )
-            if verdict is None:
-                problem = event_problem(row.payload)
-                if problem is not None:
-                    verdict = Dead(reason=f"not sent, Meta refuses it: {problem}")
+            try:
+                # Read for the checks only, and let go: the request carries the text.
+                event = jsoncodec.loads(row.document)
+            except ValueError:
+                event = None
+            verdict: Dead | None
+            if not isinstance(event, dict):
+                verdict = Dead(reason="not sent: its stored event is not a JSON object")
+            else:
+                verdict = check_event_time(
+                    row.event_time, now, action_source=event.get("action_source")
+                )
+                if verdict is None:
+                    problem = event_problem(event)
+                    if problem is not None:
+                        verdict = Dead(reason=f"not sent, Meta refuses it: {problem}")
             if verdict is None:
                 keep.append(row)
             else:
@@ -497,7 +537,7 @@ class Dispatcher:
         # On the sender's thread: its log lines name the connection and the events they concern.
         logs.bind(
             connection_id=batch.target.id,
-            event_ids=[r.payload.get("event_id") for r in batch.rows],
+            event_ids=[r.event_id for r in batch.rows],
         )
         try:
             self._send(batch)
@@ -651,7 +691,7 @@ class Dispatcher:
             self.client.send_events,
             pixel_id,
             token,
-            [r.payload for r in chunk],
+            [jsoncodec.raw(r.document) for r in chunk],
             test_event_code=target.test_event_code,
         )
         try:
@@ -1096,10 +1136,23 @@ def run_worker(
         concurrency=concurrency,
     )
     log.info("worker %s started%s", dispatcher.worker_id, " (drain)" if drain else "")
+    ahead: Future[list[Claimed]] | None = None
     try:
         while not stop.is_set():
             try:
-                claimed = dispatcher.run_once()
+                dispatcher.heartbeat()
+                taken, ahead = ahead, None
+                claimed = taken.result() if taken is not None else []
+                if not claimed:
+                    # Nothing claimed ahead (or rows went back meanwhile): ask now.
+                    claimed = dispatcher.claim()
+                if claimed:
+                    # The next claim's database work runs while this one's requests are
+                    # out; it is processed only once this one is done, so a connection's
+                    # requests still go one after another, and a backoff or a hold this one
+                    # meets is read afresh before the next one sends.
+                    ahead = dispatcher.claim_ahead()
+                    dispatcher.process(claimed)
             except SQLAlchemyError:
                 if drain:
                     raise
@@ -1107,13 +1160,15 @@ def run_worker(
                 log.exception("database error in the worker loop; retrying")
                 stop.wait(max(runtime.settings.poll_interval, 1.0))
                 continue
-            if claimed == 0:
+            if not claimed:
                 if drain:
                     break
                 stop.wait(runtime.settings.poll_interval)
     finally:
         for signum, handler in restore.items():
             signal.signal(signum, handler)
+        if ahead is not None:
+            dispatcher.give_back(ahead)
         dispatcher.close()
         dispatcher.forget()
         if client is None:

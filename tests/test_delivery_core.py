@@ -525,6 +525,56 @@ def test_a_running_worker_shows_in_the_health_check(
     assert body["workers"]["alive"] == 0
 
 
+def test_a_stored_event_that_is_not_an_object_is_dead_lettered_alone(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """The request carries the stored text as it is; what is not an event never joins one."""
+    state, server = graph
+    rt = at(runtime, server.url)
+    conn_id = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    good = add_events(rt, conn_id, 2)
+    add_events(
+        rt, conn_id, 1, prefix="odd-", payload=lambda i, t: ["not", "an", "event"]
+    )
+    drain(rt)
+    by_id = {r.event_id: r for r in rows(rt, conn_id)}
+    assert Counter(state.event_ids(PIXEL_A)) == Counter(good)
+    assert by_id["odd-0"].status == "dead"
+    assert "not a JSON object" in (by_id["odd-0"].last_error or "")
+
+
+def test_a_stop_gives_back_the_rows_claimed_ahead(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """The next claim is leased while a request is out; a stop then releases it, unsent."""
+    state, server = graph
+    rt = at(runtime, server.url, batch_size=2, poll_interval=0.05)
+    conn_id = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    add_events(rt, conn_id, 6)
+    state.fail_next(1, "delay", seconds=1.0)
+    stop = threading.Event()
+    thread = in_thread(
+        lambda: dispatcher.run_worker(
+            runtime=rt, stop=stop, worker_id="w1", concurrency=1
+        )
+    )
+    # Batches of 2, one request at a time: each claim takes 2 rows; while the first
+    # request is out, the next 2 rows are leased ahead.
+    wait_for(
+        lambda: (
+            state.in_flight > 0
+            and Counter(r.status for r in rows(rt, conn_id))["sending"] == 4
+        )
+    )
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    statuses = Counter(r.status for r in rows(rt, conn_id))
+    assert "sending" not in statuses
+    assert statuses["sent"] + statuses["pending"] == 6
+    assert all(r.lease_owner is None for r in rows(rt, conn_id))
+
+
 # -- 7. an answer about an old token or pixel is not acted on ---------------------------------
 
 
