@@ -182,7 +182,6 @@ class Event(Base):
             postgresql_where=text("status IN ('pending', 'sending')"),
             sqlite_where=text("status IN ('pending', 'sending')"),
         ),
-        Index("ix_events_connection_status", "connection_id", "status"),
         # The daily prune's worklist: rows whose personal data has not been removed yet.
         Index(
             "ix_events_unpruned",
