@@ -196,11 +196,23 @@ class Event(Base):
             "created_at",
             postgresql_include=["event_name", "status"],
         ),
-        Index("ix_events_connection_sent", "connection_id", "sent_at"),
+        # Partial: a row not sent yet writes no entry (when inserted, claimed or retried).
+        Index(
+            "ix_events_connection_sent",
+            "connection_id",
+            "sent_at",
+            postgresql_where=text("sent_at IS NOT NULL"),
+            sqlite_where=text("sent_at IS NOT NULL"),
+        ),
         Index("ix_events_connection_id", "connection_id", "id"),
         Index("ix_events_connection_status_id", "connection_id", "status", "id"),
         Index("ix_events_connection_event_id", "connection_id", "event_id"),
-        Index("ix_events_fbtrace_id", "fbtrace_id"),
+        Index(
+            "ix_events_fbtrace_id",
+            "fbtrace_id",
+            postgresql_where=text("fbtrace_id IS NOT NULL"),
+            sqlite_where=text("fbtrace_id IS NOT NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

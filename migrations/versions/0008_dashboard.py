@@ -14,6 +14,7 @@ transaction in the database, including the caller's own
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0008"
@@ -28,7 +29,7 @@ INDEXES: dict[str, tuple[list[str], list[str]]] = {
         ["connection_id", "created_at"],
         ["event_name", "status"],
     ),
-    # the last event delivered
+    # the last event delivered (partial: see PARTIAL)
     "ix_events_connection_sent": (["connection_id", "sent_at"], []),
     # the events list, newest first, with or without a status filter
     "ix_events_connection_id": (["connection_id", "id"], []),
@@ -39,15 +40,29 @@ INDEXES: dict[str, tuple[list[str], list[str]]] = {
 }
 
 
+#: indexes that leave out the rows their queries never look for: a row waiting to be sent
+#: has no sent_at and no fbtrace_id, so its insert, its claim and a retry write no entry
+PARTIAL: dict[str, str] = {
+    "ix_events_connection_sent": "sent_at IS NOT NULL",
+    "ix_events_fbtrace_id": "fbtrace_id IS NOT NULL",
+}
+
+
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        for name, (columns, include) in INDEXES.items():
+    postgresql = op.get_bind().dialect.name == "postgresql"
+    for name, (columns, include) in INDEXES.items():
+        where = sa.text(PARTIAL[name]) if name in PARTIAL else None
+        if postgresql:
             op.create_index(
-                name, "events", columns, postgresql_include=include, if_not_exists=True
+                name,
+                "events",
+                columns,
+                postgresql_include=include,
+                postgresql_where=where,
+                if_not_exists=True,
             )
-        return
-    for name, (columns, _) in INDEXES.items():
-        op.create_index(name, "events", columns)
+        else:
+            op.create_index(name, "events", columns, sqlite_where=where)
 
 
 def downgrade() -> None:
