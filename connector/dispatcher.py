@@ -227,6 +227,8 @@ class _Batch:
         self.requests = 0
         self.accepted = False
         self.refused_singles = 0
+        #: the recording of the last accepted request, while the next request is out
+        self.recording: Future[None] | None = None
 
 
 class Dispatcher:
@@ -282,12 +284,17 @@ class Dispatcher:
         )
         # One claim ahead at most, on its own database connection.
         self._claimer = ThreadPoolExecutor(1, thread_name_prefix="connector-claim")
+        # Meta's answers are recorded while each batch's next request is out.
+        self._recorder = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix="connector-record"
+        )
         self._last_beat = 0.0
 
     def close(self) -> None:
         """Wait for the sending threads; drop exchanges past their deadline."""
         self._claimer.shutdown(wait=True)
         self._senders.shutdown(wait=True)
+        self._recorder.shutdown(wait=True)
         self._http.shutdown(wait=False, cancel_futures=True)
 
     def claim_ahead(self) -> Future[list[Claimed]]:
@@ -552,6 +559,41 @@ class Dispatcher:
             logs.bind(connection_id=None, event_ids=None)
 
     def _send(self, batch: _Batch) -> None:
+        try:
+            self._send_chunks(batch)
+        finally:
+            self._settle(batch)
+
+    def _record_later(
+        self, batch: _Batch, chunk: list[Claimed], result: SendResult, lease_end: float
+    ) -> None:
+        """Record an accepted request while the batch's next request is out.
+
+        One recording per batch at a time, in the order of the answers: the one before is
+        waited for first, and every other outcome waits for it too (see :meth:`_settle`).
+        """
+        self._settle(batch)
+        batch.recording = self._recorder.submit(
+            self._record_sent, batch, chunk, result, lease_end
+        )
+
+    def _record_sent(
+        self, batch: _Batch, chunk: list[Claimed], result: SendResult, lease_end: float
+    ) -> None:
+        logs.bind(connection_id=batch.target.id, event_ids=[r.event_id for r in chunk])
+        try:
+            self._sent(batch.target, chunk, result, lease_end)
+        finally:
+            logs.bind(connection_id=None, event_ids=None)
+
+    @staticmethod
+    def _settle(batch: _Batch) -> None:
+        """Wait for the batch's recording in flight; its failure is the batch's failure."""
+        recording, batch.recording = batch.recording, None
+        if recording is not None:
+            recording.result()
+
+    def _send_chunks(self, batch: _Batch) -> None:
         target = batch.target
         pixel_id, token = target.pixel_id or "", target.meta_token or ""
         size = self.batch_size
@@ -586,6 +628,10 @@ class Dispatcher:
                 chunk = live
                 lease_end = time.monotonic() + self.lease_seconds
             result, error = self._exchange(target, pixel_id, token, chunk)
+            if error is not None:
+                # Whatever this answer leads to (a hold, a backoff, a split) comes after the
+                # answers before it are on record.
+                self._settle(batch)
             if isinstance(error, ValueError):
                 # The connection's settings cannot make a request (a pixel id that is not
                 # digits): no retry can help, and a crash would loop on the same rows.
@@ -615,7 +661,7 @@ class Dispatcher:
             sent_with = (pixel_id, token)
             if isinstance(decision, Sent) and result is not None:
                 batch.accepted = True
-                self._sent(target, chunk, result, lease_end)
+                self._record_later(batch, chunk, result, lease_end)
             elif isinstance(decision, Split):
                 index = (
                     None
