@@ -1,10 +1,14 @@
 """Dispatch throughput: one worker drains a 20,000-row backlog to the fake Graph API.
 
-Creates a scratch PostgreSQL schema, inserts the backlog, serves the fake Graph API from a
-separate process on loopback, runs ``connector worker --drain`` as its own process, then prints
-events per second and the worker's peak RSS, and drops the schema.
+Creates a scratch PostgreSQL schema, fills the outbox with 20,000 real-sized Purchases (the
+storefront order fixture through the Shopify translation: every match key, contents, fbp,
+fbc; about 1.9 KB of JSON each), serves the fake Graph API from a separate process on
+loopback (it parses and checks every event, and answers at once), runs
+``connector worker --drain`` as its own process, then prints events per second and the
+worker's peak RSS, and drops the schema.
 
     .venv/bin/python bench/dispatch.py [--events 20000] [--database-url postgresql://...]
+        [--profile FILE]
 
 Target on a 2-core machine: at least 8,000 events/s and under 150 MB peak RSS.
 """
