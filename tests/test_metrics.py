@@ -75,8 +75,31 @@ def test_metrics_parse_and_hold_every_family(client: Any) -> None:
         "connector_outbox_events": "gauge",
         "connector_outbox_oldest_pending_seconds": "gauge",
         "connector_connections": "gauge",
+        "connector_workers": "gauge",
     }
     assert expected == {n: families[n].type for n in expected}
+
+
+def test_worker_liveness_is_a_gauge_as_healthz_shows_it(
+    client: Any, runtime: Runtime
+) -> None:
+    """One worker beat a moment ago, one long ago: one alive, one stale, the newest beat's age."""
+    from connector.store import queries
+
+    now = datetime.now(UTC)
+    assert "connector_worker_last_beat_seconds" not in scrape(client)
+    with runtime.sessions.begin() as session:
+        queries.beat(
+            session, "fresh", now=now - timedelta(seconds=3), claimed=0, sent=0
+        )
+        queries.beat(session, "gone", now=now - timedelta(hours=2), claimed=0, sent=0)
+    families = scrape(client)
+    assert 1 == value(families, "connector_workers", state="alive")
+    assert 1 == value(families, "connector_workers", state="stale")
+    age = value(families, "connector_worker_last_beat_seconds")
+    assert 3 <= age < 60
+    health = client.get("/healthz").get_json()["workers"]
+    assert (health["alive"], health["stale"]) == (1, 1)
 
 
 def _deliver(client: Any, body: bytes, *, secret: str = SECRET) -> int:

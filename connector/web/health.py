@@ -176,6 +176,23 @@ class OutboxCollector:
         ):
             conns.add_metric([conn_status], n)
         yield conns
+        # Worker liveness from the heartbeats: what /healthz shows, for alerting.
+        liveness = worker_liveness(self.session, now=self.now)
+        workers = GaugeMetricFamily(
+            "connector_workers",
+            "Workers by their heartbeat: alive (a beat within the stale limit) or stale.",
+            labels=["state"],
+        )
+        workers.add_metric(["alive"], liveness["alive"])
+        workers.add_metric(["stale"], liveness["stale"])
+        yield workers
+        if liveness["last_beat_seconds"] is not None:
+            beat = GaugeMetricFamily(
+                "connector_worker_last_beat_seconds",
+                "Seconds since the newest worker heartbeat (absent when no worker ever beat).",
+            )
+            beat.add_metric([], liveness["last_beat_seconds"])
+            yield beat
 
 
 @bp.get("/metrics")
