@@ -13,6 +13,7 @@ connection's pixel or token changes; a failure to reach Meta is ``error``, tried
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,6 +85,9 @@ def fetch_dataset_quality(
         ) from None
     if not isinstance(body, dict):
         raise GraphError("Meta answered with JSON that is not an object")
+    if isinstance(body.get("error"), Mapping):
+        # The Graph API can carry its error object in a 200 answer too.
+        raise graph_error(response)
     return body
 
 

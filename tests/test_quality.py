@@ -347,6 +347,38 @@ def test_meta_unreachable_is_an_error_tried_the_next_day(
     assert [] == dataset_quality.check_dataset_quality(rt, now=now + timedelta(hours=1))
 
 
+def test_an_error_object_in_a_200_answer_is_not_a_score(runtime: Runtime) -> None:
+    """The Graph API can answer 200 with an error object: it is Meta's refusal, not data."""
+    from flask import Flask
+
+    app = Flask(__name__)
+
+    @app.get("/<version>/dataset_quality")
+    def answer(version: str) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": "Unsupported get request.",
+                "type": "GraphMethodException",
+                "code": 100,
+                "error_subcode": 33,
+            }
+        }
+
+    server = LiveServer(app).start()
+    try:
+        rt = replace(
+            runtime, settings=replace(runtime.settings, meta_graph_url=server.url)
+        )
+        conn_id = add_connection(rt, "shopify", "odd.myshopify.com", "1005")
+        (result,) = dataset_quality.check_dataset_quality(
+            rt, now=datetime(2026, 7, 1, tzinfo=UTC)
+        )
+    finally:
+        server.stop()
+    assert ("no_access", conn_id) == (result.outcome, result.connection_id)
+    assert "Unsupported get request" in (result.detail or "")
+
+
 # -- dedup audit --------------------------------------------------------------------------
 
 
