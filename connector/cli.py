@@ -686,7 +686,13 @@ def events_replay(
     if not (ids or dead or held):
         raise click.UsageError("name event ids, or pass --dead and/or --held")
     statuses = [EventStatus.DEAD, EventStatus.HELD]
-    stmt = select(Event.id, Event.status, Event.event_time, Event.connection_id)
+    stmt = select(
+        Event.id,
+        Event.status,
+        Event.event_time,
+        Event.connection_id,
+        Event.payload["action_source"].as_string().label("action_source"),
+    )
     if ids:
         stmt = stmt.where(Event.id.in_(ids))
     else:
@@ -706,8 +712,15 @@ def events_replay(
                 click.echo(
                     f"event {missing}: not found, or neither dead nor held", err=True
                 )
-        too_old = [r for r in rows if check_event_time(r.event_time, now) is not None]
-        replay = [r.id for r in rows if check_event_time(r.event_time, now) is None]
+        # Meta's window: 7 days, 62 for physical_store events (check_event_time).
+        too_old = [
+            r
+            for r in rows
+            if check_event_time(r.event_time, now, action_source=r.action_source)
+            is not None
+        ]
+        late = {r.id for r in too_old}
+        replay = [r.id for r in rows if r.id not in late]
         for start in range(0, len(replay), 1000):
             session.execute(
                 update(Event)
@@ -734,7 +747,7 @@ def events_replay(
     for r in too_old:
         click.echo(
             f"event {r.id}: event_time {r.event_time.isoformat()} is outside Meta's 7-day "
-            "window; not replayed",
+            "window (62 days for physical_store events); not replayed",
             err=True,
         )
     for conn_id, status in sorted(blocked.items()):

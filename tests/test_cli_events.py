@@ -28,6 +28,7 @@ from tests.test_dispatcher import (
     events_by_id,
     fake_graph,
     get_connection,
+    meta_event,
     status_counts,
 )
 
@@ -215,6 +216,38 @@ def test_replay_reports_rows_too_old_for_meta_and_leaves_them(
     assert "outside Meta's 7-day window" in result.output
     assert "1 event(s) back to pending" in result.output
     assert events_by_id(rt)["old-0"].status == EventStatus.DEAD
+
+
+def test_replay_keeps_meta_s_62_day_window_for_physical_store_events(
+    rt: Runtime, run: Callable[..., Result]
+) -> None:
+    """A physical_store event 20 days old goes back; one 63 days old is named and stays."""
+    conn_id = add_connection(rt)
+    now = datetime.now(UTC)
+
+    def in_store(event_id: str, when: datetime) -> dict[str, Any]:
+        return {
+            **meta_event(event_id, event_time=when),
+            "action_source": "physical_store",
+        }
+
+    for prefix, days in (("store20-", 20), ("store63-", 63)):
+        add_events(
+            rt,
+            conn_id,
+            1,
+            prefix=prefix,
+            status=EventStatus.DEAD,
+            event_time=now - timedelta(days=days),
+            payload=in_store,
+        )
+    result = run("events", "replay", "--dead")
+    assert result.exit_code == 0
+    assert "1 event(s) back to pending" in result.output
+    assert "62 days for physical_store" in result.output
+    by_id = events_by_id(rt)
+    assert by_id["store20-0"].status == EventStatus.PENDING
+    assert by_id["store63-0"].status == EventStatus.DEAD
 
 
 def test_replay_needs_ids_or_a_status(run: Callable[..., Result]) -> None:

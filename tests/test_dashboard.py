@@ -387,6 +387,35 @@ def test_replay_all_of_a_reason_leaves_other_reasons_and_too_old_ones(
     ]
 
 
+def test_replay_gives_physical_store_events_meta_s_62_days(runtime: Runtime) -> None:
+    """A store-visit event 20 days old goes back; at 63 days it stays, counted too old."""
+    conn_id = add(runtime)
+    now = datetime.now(UTC)
+    pks = []
+    for event_id, days in (("20", 20), ("63", 63)):
+        when = now - timedelta(days=days)
+        pks.append(
+            add_event(
+                runtime,
+                conn_id,
+                event_id,
+                status="dead",
+                last_error="invalid: x",
+                event_time=when,
+                payload={
+                    **meta_event(event_id, event_time=when),
+                    "action_source": "physical_store",
+                },
+            )
+        )
+    with runtime.sessions.begin() as s:
+        result = q.replay_events(s, conn_id, now, status="dead")
+    assert (1, 1) == (result.replayed, result.too_old)
+    assert [EventStatus.PENDING, EventStatus.DEAD] == [
+        status_of(runtime, pk) for pk in pks
+    ]
+
+
 def status_of(runtime: Runtime, pk: int) -> str:
     with runtime.sessions() as s:
         return str(s.scalar(select(Event.status).where(Event.id == pk)))

@@ -360,15 +360,19 @@ def replay_events(
 ) -> ReplayResult:
     """Put dead or held events back to pending: one by id, or all of one (status, reason kind).
 
-    Events Meta would refuse as older than 7 days stay where they are (counted in
-    ``too_old``). At most :data:`REPLAY_LIMIT` rows per call.
+    Events Meta would refuse as too old stay where they are (counted in ``too_old``): older
+    than 7 days, or 62 for ``physical_store`` events (:func:`connector.retry.check_event_time`).
+    At most :data:`REPLAY_LIMIT` rows per call.
     """
     statuses = [str(s) for s in REPLAYABLE]
     if status is not None:
         statuses = [s for s in statuses if s == status]
-    stmt = select(Event.id, Event.event_time, Event.last_error).where(
-        Event.connection_id == connection_id, Event.status.in_(statuses)
-    )
+    stmt = select(
+        Event.id,
+        Event.event_time,
+        Event.last_error,
+        Event.payload["action_source"].as_string().label("action_source"),
+    ).where(Event.connection_id == connection_id, Event.status.in_(statuses))
     if event_pk is not None:
         stmt = stmt.where(Event.id == event_pk)
     candidates = session.execute(stmt.order_by(Event.id).limit(REPLAY_LIMIT * 4)).all()
@@ -376,7 +380,11 @@ def replay_events(
         candidates = [r for r in candidates if reason_kind(r.last_error) == kind]
     more = len(candidates) > REPLAY_LIMIT
     candidates = candidates[:REPLAY_LIMIT]
-    ids = [r.id for r in candidates if check_event_time(r.event_time, now) is None]
+    ids = [
+        r.id
+        for r in candidates
+        if check_event_time(r.event_time, now, action_source=r.action_source) is None
+    ]
     for start in range(0, len(ids), 1000):
         session.execute(
             update(Event)
