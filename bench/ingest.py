@@ -432,6 +432,16 @@ def stored(database_url: str) -> tuple[int, int, int]:
         engine.dispose()
 
 
+def combined(results: list[Result]) -> Result:
+    """Rounds as one run: their requests over their summed time."""
+    rv = results[0]
+    for more in results[1:]:
+        rv = rv.merge(more)
+    return Result(
+        sum(r.seconds for r in results), rv.latencies, rv.statuses, rv.cpu_seconds
+    )
+
+
 def report(name: str, result: Result) -> None:
     cpu = result.cpu_seconds / result.seconds
     print(
@@ -443,8 +453,11 @@ def report(name: str, result: Result) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="per round and side"
+    )
+    parser.add_argument("--warmup", type=float, default=2.0, help="per round and side")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8, help="per process")
     parser.add_argument(
@@ -464,26 +477,41 @@ def main() -> None:
             run_cli(env, "db", "upgrade")
             run_cli(env, "connections", "add", "shopify", "--shop", SHOP)
             create_baseline_table(url)
+            bench = ROOT / "bench"
             base_env = {
                 **env,
                 "BASELINE_DATABASE_URL": libpq_url,
                 "BASELINE_ROW": args.baseline_row,
             }
-            port = free_port()
-            with gunicorn(
-                "ingest:create_baseline_app()", base_env, port, ROOT / "bench"
+            base_port, port = free_port(), free_port()
+            with (
+                gunicorn("ingest:create_baseline_app()", base_env, base_port, bench),
+                gunicorn("connector.web:create_app()", env, port, ROOT),
             ):
-                _, base = measure(port, *load, first_id=1)
-            port = free_port()
-            with gunicorn("connector.web:create_app()", env, port, ROOT):
-                warm, hook = measure(port, *load, first_id=1)
+                # Both servers stay up; the load alternates between them, round by round,
+                # so that whatever else the machine does falls on both sides alike.
+                results: dict[str, list[Result]] = {"base": [], "warm": [], "hook": []}
+                for n in range(args.rounds):
+                    first = 1 + n * 1_000_000_000
+                    _, b = measure(base_port, *load, first_id=first)
+                    w, h = measure(port, *load, first_id=first)
+                    results["base"].append(b)
+                    results["warm"].append(w)
+                    results["hook"].append(h)
+                    print(
+                        f"round {n + 1}: baseline {b.rate:.0f} req/s, "
+                        f"connector {h.rate:.0f} req/s, ratio {h.rate / b.rate:.2f}",
+                        flush=True,
+                    )
         purchases, distinct, receipts = stored(url)
+    base, warm, hook = (combined(results[k]) for k in ("base", "warm", "hook"))
     accepted = warm.statuses.get(200, 0) + hook.statuses.get(200, 0)
     connections = args.processes * args.connections
     print(
         f"gunicorn -c gunicorn.conf.py (gevent, 2 workers, access log on) on PostgreSQL; "
         f"{args.processes} sender processes x {args.connections} keep-alive connections "
-        f"= {connections}; {args.warmup:.0f} s warm-up, {args.seconds:.0f} s measured; "
+        f"= {connections}; {args.rounds} rounds alternating the sides, each "
+        f"{args.warmup:.0f} s warm-up + {args.seconds:.0f} s measured; "
         f"baseline stores {args.baseline_row}"
     )
     print(
