@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Engine, Text, bindparam, cast, select, type_coerce, update
 from sqlalchemy.orm import Session
@@ -74,6 +74,7 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
     if adapter.is_ping(req):
         return jsonify(status="pong"), 200
     envelope = adapter.envelope(req)
+    g.webhook_topic = envelope.topic  # for the metrics (connector.web.observe)
     now = utcnow()
     call = _Call(adapter, runtime, req, envelope, platform, connection_id, now)
     done = None
@@ -84,23 +85,18 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
     if not isinstance(done, _Recorded):
         return done
     accepted, delivery = done.accepted, done.delivery
-    outcome_name = delivery.outcome_name
+    status = "duplicate" if accepted.duplicate_delivery else delivery.outcome_name
     log.info(
         "webhook %s %s for %s: %s, %d new event(s)%s",
         platform,
         envelope.topic,
         delivery.info.id,
-        "duplicate" if accepted.duplicate_delivery else outcome_name,
+        status,
         len(accepted.new_events),
         f" (skipped: {delivery.outcome.skipped})" if delivery.outcome.skipped else "",
     )
-    return (
-        jsonify(
-            status="duplicate" if accepted.duplicate_delivery else outcome_name,
-            new_events=len(accepted.new_events),
-        ),
-        200,
-    )
+    g.webhook_status = status
+    return jsonify(status=status, new_events=len(accepted.new_events)), 200
 
 
 @dataclass(frozen=True, slots=True)
