@@ -14,11 +14,14 @@ stdout, captured to a file), on a scratch PostgreSQL schema.
 
 The load: 2 sender processes x 8 keep-alive connections (16 in all, as ``wrk -c 16``), each
 request a signed ``orders/paid`` delivery of the storefront order fixture (28 kB) with its
-own order id and X-Shopify-Webhook-Id, for a fixed time after a short warm-up. The senders
-report their own CPU time, so one can see they are not the bottleneck.
+own order id and X-Shopify-Webhook-Id. Both servers stay up and the load alternates between
+them for a few rounds (warm-up, then a fixed measured time each), so that whatever else the
+machine runs meanwhile falls on both sides alike; each round's figures are printed, then all
+rounds together. The senders report their own CPU time ("load CPU", of one core), so one can
+see they are not the bottleneck.
 
-    .venv/bin/python bench/ingest.py [--seconds 15] [--warmup 3] [--processes 2]
-        [--connections 8] [--baseline-row fields|body]
+    .venv/bin/python bench/ingest.py [--rounds 3] [--seconds 10] [--warmup 2]
+        [--processes 2] [--connections 8] [--baseline-row fields|body]
         [--database-url postgresql://postgres@127.0.0.1/test]
 
 Target (issue 15): connector/baseline throughput >= 0.5, and the connector's p99 < 50 ms.
