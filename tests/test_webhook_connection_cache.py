@@ -193,3 +193,36 @@ def test_a_reinstall_after_an_uninstall_takes_orders_at_once(
     with runtime.sessions.begin() as session:
         queries.upsert_connection(session, "shopify", SHOP, platform_token="shpat_new")
     assert 200 == b("orders/paid", order_bytes(id=1002)).status_code
+
+
+def test_the_cache_is_bounded_in_size_and_time() -> None:
+    """At most ``size`` connections, each forgotten after ``lifetime`` seconds."""
+    from connector.web.webhooks import _Target, _TargetCache
+
+    def target(n: int) -> _Target:
+        guard = queries.ConnectionGuard(
+            status="active",
+            store=f"s{n}",
+            settings="{}",
+            test_event_code=None,
+            webhook_secret=None,
+        )
+        return _Target(
+            id=str(n),
+            platform="shopify",
+            store=f"s{n}",
+            status="active",
+            settings={},
+            test_event_code=None,
+            webhook_secret=None,
+            guard=guard,
+        )
+
+    cache = _TargetCache(lifetime=60, size=2)
+    for n in range(3):
+        cache.put(("shopify", "store", f"s{n}"), target(n))
+    assert cache.get(("shopify", "store", "s0")) is None  # the oldest went
+    assert "1" == getattr(cache.get(("shopify", "store", "s1")), "id", None)
+    expired = _TargetCache(lifetime=0, size=2)
+    expired.put(("shopify", "store", "s0"), target(0))
+    assert expired.get(("shopify", "store", "s0")) is None

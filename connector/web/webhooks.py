@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -352,6 +353,8 @@ class _TargetCache:
         self.lifetime = lifetime
         self.size = size
         self._entries: dict[tuple[str, str, str], tuple[float, _Target]] = {}
+        # gthread workers: one thread's eviction must not iterate while another inserts
+        self._lock = threading.Lock()
 
     def get(self, key: tuple[str, str, str]) -> _Target | None:
         entry = self._entries.get(key)
@@ -363,10 +366,11 @@ class _TargetCache:
         return entry[1]
 
     def put(self, key: tuple[str, str, str], target: _Target) -> None:
-        if len(self._entries) >= self.size:
-            # the oldest entry goes (dicts keep insertion order)
-            self._entries.pop(next(iter(self._entries)), None)
-        self._entries[key] = (time.monotonic() + self.lifetime, target)
+        with self._lock:
+            if len(self._entries) >= self.size:
+                # the oldest entry goes (dicts keep insertion order)
+                self._entries.pop(next(iter(self._entries)), None)
+            self._entries[key] = (time.monotonic() + self.lifetime, target)
 
     def drop(self, key: tuple[str, str, str]) -> None:
         self._entries.pop(key, None)
