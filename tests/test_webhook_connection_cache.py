@@ -9,6 +9,7 @@ is gone or uninstalled, never with a stale secret or stale settings, never a 5xx
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -226,3 +227,31 @@ def test_the_cache_is_bounded_in_size_and_time() -> None:
     expired = _TargetCache(lifetime=0, size=2)
     expired.put(("shopify", "store", "s0"), target(0))
     assert expired.get(("shopify", "store", "s0")) is None
+
+
+def test_orders_racing_a_redaction_get_200_or_401_never_a_500(
+    runtime: Runtime, shop: str
+) -> None:
+    """Deleting the connection while a worker records an order leaves no 5xx and no orphan."""
+    b = worker(runtime)
+    answers: list[int] = []
+    for n in range(10):
+        with runtime.sessions.begin() as session:
+            queries.upsert_connection(session, "shopify", SHOP, pixel_id="1234567890")
+        assert 200 == b("orders/paid", order_bytes(id=2000 + 2 * n)).status_code
+        with runtime.sessions() as session:
+            shop = session.scalars(
+                select(Connection.id).where(Connection.store == SHOP)
+            ).one()
+
+        def redact(connection_id: str = shop) -> None:
+            with runtime.sessions.begin() as session:
+                queries.redact_store(session, connection_id)
+
+        thread = threading.Thread(target=redact)
+        thread.start()
+        answers.append(b("orders/paid", order_bytes(id=2001 + 2 * n)).status_code)
+        thread.join()
+        with runtime.sessions() as session:
+            assert [] == session.scalars(select(Event.connection_id)).all()
+    assert set(answers) <= {200, 401}
