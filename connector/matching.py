@@ -585,14 +585,31 @@ def _zip(value: str, country: str | None) -> str | None:
 _PHONE_NOISE: Final = re.compile(r"[\s\-().\/\u00a0]")
 
 
-def _parse_phone(text: str, region: str | None) -> phonenumbers.PhoneNumber | None:
+#: Numbers already parsed while normalizing one ``user_data``, by (text, region): an order's
+#: phones are read with each of its countries in turn, and every number is read once more to
+#: check it reads the same, so the same text would otherwise be parsed again and again.
+_ParsedPhones = dict[tuple[str, str | None], phonenumbers.PhoneNumber | None]
+
+
+def _parse_phone(
+    text: str, region: str | None, parsed: _ParsedPhones
+) -> phonenumbers.PhoneNumber | None:
+    key = (text, region)
+    if key in parsed:
+        return parsed[key]
     try:
-        return phonenumbers.parse(text, region)
+        number: phonenumbers.PhoneNumber | None = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        return None
+        number = None
+    parsed[key] = number
+    return number
 
 
-def _phone(value: str, country: str | None) -> str | None:
+def _phone(
+    value: str, country: str | None, parsed: _ParsedPhones | None = None
+) -> str | None:
+    # The parsed numbers are never changed, only read: one parse serves every reading.
+    parsed = {} if parsed is None else parsed
     # Any script's digits (full-width, Arabic-Indic, ...) as ASCII, so "00" is seen as such.
     text = "".join(
         str(unicodedata.decimal(ch)) if ch.isdecimal() else ch for ch in value
@@ -608,22 +625,22 @@ def _phone(value: str, country: str | None) -> str | None:
     digits = "".join(ch for ch in compact if ch.isdecimal())
     number = None
     if text.startswith("+"):
-        explicit = _parse_phone(text, None)
+        explicit = _parse_phone(text, None, parsed)
         if explicit is not None and phonenumbers.is_possible_number(explicit):
             number = explicit
     elif region is None:
         # No region to fall back on: only digits that form a valid number with their
         # leading country code (Meta's normalized form) can be trusted.
-        guessed = _parse_phone("+" + digits, None) if digits else None
+        guessed = _parse_phone("+" + digits, None, parsed) if digits else None
         if guessed is not None and phonenumbers.is_valid_number(guessed):
             number = guessed
     else:
-        local = _parse_phone(text, region)
+        local = _parse_phone(text, region, parsed)
         if local is not None and phonenumbers.is_valid_number(local):
             number = local
         else:
             # Digits that already start with a country code (Meta's normalized form).
-            international = _parse_phone("+" + digits, None) if digits else None
+            international = _parse_phone("+" + digits, None, parsed) if digits else None
             if international is not None and phonenumbers.is_valid_number(
                 international
             ):
@@ -638,7 +655,7 @@ def _phone(value: str, country: str | None) -> str | None:
         return None
     # A national prefix right after the country code ("+31 0...") is dropped by the parser,
     # so such a number would lose a digit every time it is read again: not a real number.
-    again = _parse_phone("+" + e164, None)
+    again = _parse_phone("+" + e164, None, parsed)
     if (
         again is None
         or phonenumbers.format_number(again, phonenumbers.PhoneNumberFormat.E164)[1:]
@@ -846,6 +863,12 @@ def normalize(field: str, value: str, *, country: str | None = None) -> str | No
     hashed key comes back lower-cased, untouched otherwise. Raises ValueError only
     for a ``field`` that is not one of Meta's keys.
     """
+    return _normalize(field, value, country, None)
+
+
+def _normalize(
+    field: str, value: str, country: str | None, parsed: _ParsedPhones | None
+) -> str | None:
     try:
         normalizer = _NORMALIZERS[field]
     except KeyError:
@@ -853,6 +876,8 @@ def normalize(field: str, value: str, *, country: str | None = None) -> str | No
     if field in HASHED_KEYS and is_hashed(value):
         return value.strip().lower()
     hint = _country(country) if country else None
+    if field == "ph":
+        return _phone(value, hint, parsed)
     return normalizer(value, hint)
 
 
@@ -925,23 +950,27 @@ def normalize_user_data(raw: Mapping[str, Any]) -> dict[str, Any]:
         if code is not None and code not in countries:
             countries.append(code)
     country = countries[0] if countries else None
+    parsed: _ParsedPhones = {}
     rv: dict[str, Any] = {}
     for key in HASHED_KEYS:
         digests: list[str] = []
         for value, context in values.get(key, ()):
             own = _country(context) if context else None
             if key in _COUNTRY_DEPENDENT and own is not None:
-                normalized = normalize(key, value, country=own)
+                normalized = _normalize(key, value, own, parsed)
             elif key in _COUNTRY_DEPENDENT:
                 normalized = next(
                     filter(
                         None,
-                        (normalize(key, value, country=c) for c in countries or [None]),
+                        (
+                            _normalize(key, value, c, parsed)
+                            for c in countries or [None]
+                        ),
                     ),
                     None,
                 )
             else:
-                normalized = normalize(key, value, country=country)
+                normalized = _normalize(key, value, country, parsed)
             if normalized is None:
                 continue
             digest = normalized if is_hashed(normalized) else hash_value(normalized)

@@ -6,13 +6,13 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from connector.errors import OAuthStateError
 from connector.events import CanonicalEvent, UserData
 from connector.runtime import Runtime
 from connector.store import queries
-from connector.store.models import Event, EventStatus, WebhookReceipt
+from connector.store.models import Connection, Event, EventStatus, WebhookReceipt
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -65,6 +65,78 @@ def test_a_delivery_and_its_events_are_recorded_together(
         assert [EventStatus.PENDING] * 2 == [r.status for r in rows]
         assert rows[0].payload == purchase("1").to_meta()
         assert rows[0].next_attempt_at == NOW
+
+
+def guard_of(runtime: Runtime, connection_id: str) -> queries.ConnectionGuard:
+    """The connection's columns as stored now, as the webhook path reads them."""
+    with runtime.sessions() as session:
+        row = session.execute(
+            text(
+                "SELECT status, store, CAST(settings AS text), test_event_code,"
+                " webhook_secret FROM connections WHERE id = :id"
+            ),
+            {"id": connection_id},
+        ).one()
+    return queries.ConnectionGuard(
+        status=row[0],
+        store=row[1],
+        settings=row[2],
+        test_event_code=row[3],
+        webhook_secret=row[4],
+    )
+
+
+def test_a_guard_that_still_holds_records_the_delivery(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """The columns a delivery was checked with are unchanged: it is recorded as usual."""
+    guard = guard_of(runtime, connection_id)
+    with runtime.sessions.begin() as session:
+        rv = queries.record_delivery(
+            session, receipt(connection_id), [purchase("1")], now=NOW, guard=guard
+        )
+    assert (False, [("Purchase", "1")]) == (rv.connection_changed, rv.new_events)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"status": "uninstalled"}, id="uninstalled"),
+        pytest.param({"webhook_secret": "new-secret"}, id="new-secret"),
+        pytest.param({"settings": {"content_id": "sku"}}, id="new-settings"),
+        pytest.param({"test_event_code": "TEST1"}, id="test-mode"),
+    ],
+)
+def test_a_guard_that_no_longer_holds_records_nothing(
+    runtime: Runtime, connection_id: str, change: dict[str, object]
+) -> None:
+    """A connection changed since it was read: nothing recorded, and the answer says so."""
+    guard = guard_of(runtime, connection_id)
+    with runtime.sessions.begin() as session:
+        conn = session.get(Connection, connection_id)
+        assert conn is not None
+        for name, value in change.items():
+            setattr(conn, name, value)
+    with runtime.sessions.begin() as session:
+        rv = queries.record_delivery(
+            session, receipt(connection_id), [purchase("1")], now=NOW, guard=guard
+        )
+    assert (True, []) == (rv.connection_changed, rv.new_events)
+    assert (0, 0) == (count(runtime, WebhookReceipt), count(runtime, Event))
+
+
+def test_a_deleted_connection_records_nothing_and_raises_nothing(
+    runtime: Runtime, connection_id: str
+) -> None:
+    """A delivery for a connection deleted meanwhile is no foreign-key violation."""
+    with runtime.sessions.begin() as session:
+        queries.redact_store(session, connection_id)
+    with runtime.sessions.begin() as session:
+        rv = queries.record_delivery(
+            session, receipt(connection_id), [purchase("1")], now=NOW
+        )
+    assert rv.connection_changed
+    assert (0, 0) == (count(runtime, WebhookReceipt), count(runtime, Event))
 
 
 def test_a_redelivery_changes_nothing(runtime: Runtime, connection_id: str) -> None:

@@ -51,11 +51,32 @@ class ReceiptIn:
     customer_ref: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConnectionGuard:
+    """A connection's columns as a delivery was verified and translated with them.
+
+    :func:`record_delivery` writes nothing unless the connection's row still holds these
+    values when the delivery is recorded, so a caller may have read them earlier (the webhook
+    path keeps them for a few seconds) without ever recording a delivery for a connection
+    that was deleted, uninstalled, or given another secret or settings in the meantime.
+    """
+
+    status: str
+    store: str
+    #: the settings column's text as stored (JSON)
+    settings: str | None
+    test_event_code: str | None
+    #: the webhook secret as stored: sealed, never the plain secret
+    webhook_secret: str | None
+
+
 @dataclass(frozen=True, kw_only=True)
 class Accepted:
     """What recording a delivery did."""
 
     duplicate_delivery: bool
+    #: the connection is gone or no longer matches the guard: nothing was recorded
+    connection_changed: bool = False
     receipt_id: int | None = None
     #: (event_name, event_id) of the events this delivery added to the outbox
     new_events: list[tuple[str, str]] = field(default_factory=list)
@@ -109,13 +130,29 @@ def _delivery_statements(dialect: str) -> tuple[Any, Any]:
 # PostgreSQL records a delivery in ONE statement: the receipt, and the events only if the receipt
 # is new. A single statement is atomic even in autocommit, so the webhook path needs one round
 # trip to write instead of BEGIN, two INSERTs and COMMIT.
+#
+# ``g`` reads the connection's row first and takes the key-share lock the foreign keys would
+# take anyway: a connection deleted (shop/redact) before the statement leaves ``g`` empty and
+# nothing is written, instead of a foreign-key violation; one deleted after it waits for this
+# statement, and its cascade takes these rows along. With a guard, ``g`` is also empty when the
+# row no longer holds the values the caller verified and translated the delivery with.
 _RECORD_DELIVERY_PG = text(
     """
-    WITH r AS (
+    WITH g AS (
+        SELECT id FROM connections
+        WHERE id = :connection_id AND (NOT :guarded OR (status = :guard_status
+            AND store = :guard_store
+            AND CAST(settings AS text) IS NOT DISTINCT FROM :guard_settings
+            AND test_event_code IS NOT DISTINCT FROM :guard_test_event_code
+            AND webhook_secret IS NOT DISTINCT FROM :guard_webhook_secret))
+        FOR KEY SHARE
+    ), r AS (
         INSERT INTO webhook_receipts (platform, connection_id, delivery_id, topic, event_ref,
             api_version, triggered_at, received_at, outcome, detail, order_ref, customer_ref)
-        VALUES (:platform, :connection_id, :delivery_id, :topic, :event_ref,
-            :api_version, :triggered_at, :received_at, :outcome, :detail, :order_ref, :customer_ref)
+        SELECT :platform, g.id, :delivery_id, :topic, :event_ref, :api_version,
+            CAST(:triggered_at AS timestamptz), CAST(:received_at AS timestamptz), :outcome,
+            :detail, :order_ref, :customer_ref
+        FROM g
         ON CONFLICT (connection_id, delivery_id) DO NOTHING
         RETURNING id
     ), e AS (
@@ -161,7 +198,8 @@ _RECORD_DELIVERY_PG = text(
         ON CONFLICT DO NOTHING
         RETURNING event_name, event_id
     )
-    SELECT (SELECT id FROM r), (SELECT count(*) FROM u), a.event_name, a.event_id
+    SELECT (SELECT count(*) FROM g), (SELECT id FROM r), (SELECT count(*) FROM u),
+        a.event_name, a.event_id
     FROM (SELECT 1) AS one
     LEFT JOIN (SELECT * FROM e UNION ALL SELECT * FROM e2) AS a ON true
     """
@@ -182,6 +220,19 @@ _REFRESH_SQLITE = text(
 ).bindparams(
     bindparam("payload", type_=JsonDict),
     bindparam("event_time", type_=UTCDateTime()),
+)
+
+
+# _RECORD_DELIVERY_PG's ``g`` on SQLite, where the caller's transaction holds the database.
+_GUARD_SQLITE = text(
+    """
+    SELECT 1 FROM connections
+    WHERE id = :connection_id AND (NOT :guarded OR (status = :guard_status
+        AND store = :guard_store
+        AND CAST(settings AS text) IS :guard_settings
+        AND test_event_code IS :guard_test_event_code
+        AND webhook_secret IS :guard_webhook_secret))
+    """
 )
 
 
@@ -245,16 +296,41 @@ def _receipt_params(receipt: ReceiptIn, now: datetime) -> dict[str, Any]:
     }
 
 
+_NO_GUARD: dict[str, Any] = {
+    "guarded": False,
+    "guard_status": None,
+    "guard_store": None,
+    "guard_settings": None,
+    "guard_test_event_code": None,
+    "guard_webhook_secret": None,
+}
+
+
+def _guard_params(guard: ConnectionGuard | None) -> dict[str, Any]:
+    if guard is None:
+        return _NO_GUARD
+    return {
+        "guarded": True,
+        "guard_status": guard.status,
+        "guard_store": guard.store,
+        "guard_settings": guard.settings,
+        "guard_test_event_code": guard.test_event_code,
+        "guard_webhook_secret": guard.webhook_secret,
+    }
+
+
 def _record_delivery_pg(
     db: Session | DBConnection,
     receipt: ReceiptIn,
     events: Sequence[CanonicalEvent],
     now: datetime,
+    guard: ConnectionGuard | None,
 ) -> Accepted:
     rows = db.execute(
         _RECORD_DELIVERY_PG,
         {
             **_receipt_params(receipt, now),
+            **_guard_params(guard),
             "events": json.dumps(
                 [
                     {
@@ -287,11 +363,13 @@ def _record_delivery_pg(
             ),
         },
     ).all()
-    receipt_id = rows[0][0] if rows else None
+    if not rows[0][0]:
+        return Accepted(duplicate_delivery=False, connection_changed=True)
+    receipt_id = rows[0][1]
     if receipt_id is None:
         return Accepted(duplicate_delivery=True)
-    refreshed = int(rows[0][1] or 0)
-    added = {(name, event_id) for _, _, name, event_id in rows if name is not None}
+    refreshed = int(rows[0][2] or 0)
+    added = {(name, event_id) for _, _, _, name, event_id in rows if name is not None}
     new = _new_events(events, added)
     return Accepted(
         duplicate_delivery=False,
@@ -333,11 +411,14 @@ def record_delivery(
     events: Sequence[CanonicalEvent],
     *,
     now: datetime | None = None,
+    guard: ConnectionGuard | None = None,
 ) -> Accepted:
     """Record a receipt and its events atomically; report what was new.
 
     Within the caller's transaction when there is one; on PostgreSQL it is a single statement,
-    so it is atomic on an autocommit connection too. An event of :data:`REFRESHABLE_EVENTS`
+    so it is atomic on an autocommit connection too. Nothing is recorded, and the answer says
+    ``connection_changed``, when the connection no longer exists or (with a ``guard``) no
+    longer holds the guard's values. An event of :data:`REFRESHABLE_EVENTS`
     already in the outbox and still untouched (pending, never leased or tried) takes the new
     delivery's payload when it carries at least as many customer information keys; an event
     sent, being sent or tried keeps what it had, so nothing is sent twice. A Purchase whose
@@ -347,7 +428,15 @@ def record_delivery(
     now = now or utcnow()
     dialect = _dialect(session)
     if dialect == "postgresql":
-        return _record_delivery_pg(session, receipt, events, now)
+        return _record_delivery_pg(session, receipt, events, now, guard)
+    if (
+        session.execute(
+            _GUARD_SQLITE,
+            {"connection_id": receipt.connection_id, **_guard_params(guard)},
+        ).first()
+        is None
+    ):
+        return Accepted(duplicate_delivery=False, connection_changed=True)
     # Core statements on the tables, built once: this is the webhook hot path.
     add_receipt, add_events = _delivery_statements(dialect)
     receipt_row = session.execute(add_receipt, _receipt_params(receipt, now)).first()

@@ -35,6 +35,9 @@ def request_id() -> str:
 
 
 def _topic(platform: str) -> str:
+    known: str | None = g.get("webhook_topic")
+    if known is not None:  # the webhook view read it already
+        return known
     try:
         adapter = registry.get_adapter(platform)
         headers = {k.lower(): v for k, v in request.headers.items()}
@@ -45,6 +48,9 @@ def _topic(platform: str) -> str:
 
 def _outcome(response: Response) -> str:
     if response.status_code == 200:
+        known: str | None = g.get("webhook_status")
+        if known is not None:  # the status the webhook view put in its answer
+            return known
         body: Any = response.get_json(silent=True)
         status = body.get("status") if isinstance(body, dict) else None
         return str(status or "ok")

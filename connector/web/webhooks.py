@@ -5,22 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import Connection as DBConnection
-from sqlalchemy import Engine, bindparam, select, update
+from sqlalchemy import Engine, Text, bindparam, cast, select, type_coerce, update
 from sqlalchemy.orm import Session
 
+from connector.crypto import keyring
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
 from connector.platform import (
     Action,
+    Adapter,
     ConnectionInfo,
     DataRequest,
+    Envelope,
     Outcome,
     RedactCustomer,
     RedactStore,
@@ -29,6 +34,7 @@ from connector.platform import (
     WebhookRequest,
 )
 from connector.registry import get_adapter
+from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.models import Connection, ConnectionStatus, WebhookReceipt, utcnow
 from connector.web import get_runtime, storable
@@ -69,136 +75,249 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
     if adapter.is_ping(req):
         return jsonify(status="pong"), 200
     envelope = adapter.envelope(req)
+    g.webhook_topic = envelope.topic  # for the metrics (connector.web.observe)
     now = utcnow()
-    with _connect(runtime.engine) as db:
-        target = _find_connection(db, platform, connection_id, envelope.store)
-        if target is None or (
-            target.status == ConnectionStatus.UNINSTALLED
-            and not adapter.accepts_unknown_store(envelope.topic)
-        ):
-            if adapter.accepts_unknown_store(envelope.topic):
-                # Still only for a genuine delivery: Shopify's review sends forged compliance
-                # webhooks and expects 401 for them.
-                try:
-                    adapter.verify(req, list(adapter.webhook_secrets(runtime.settings)))
-                except SignatureError:
-                    log.info(
-                        "webhook %s rejected for unknown store: bad signature", platform
-                    )
-                    raise
-                log.info(
-                    "webhook %s %s for unknown store acknowledged",
-                    platform,
-                    envelope.topic,
-                )
-                return jsonify(status="ignored"), 200
-            log.info(
-                "webhook %s rejected: unknown store %s",
-                platform,
-                envelope.store or connection_id,
-            )
-            raise UnknownConnectionError("no connection for this store")
-        secrets = (
-            [target.webhook_secret.encode()]
-            if target.webhook_secret
-            else list(adapter.webhook_secrets(runtime.settings))
-        )
-        try:
-            adapter.verify(req, secrets)
-        except SignatureError:
-            log.info(
-                "webhook %s rejected for %s: bad signature", platform, target.store
-            )
-            raise
-        payload = parse_json(req.body)
-        settings = dict(target.settings or {})
-        info = ConnectionInfo(
-            id=target.id,
-            platform=target.platform,
-            store=target.store,
-            settings=settings,
-            # Test mode is having a test_event_code: a test order must never reach Meta as real.
-            test_mode=bool(target.test_event_code),
-        )
-        unusable = storable.text_problem(req.body, payload)
-        if unusable is None:
-            outcome = adapter.handle(envelope.topic, payload, info, now)
-        else:
-            outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
-        outcome_name = (
-            "accepted"
-            if outcome.events
-            else ("action" if outcome.action else "skipped")
-        )
-        receipt = queries.ReceiptIn(
-            platform=platform,
-            connection_id=target.id,
-            delivery_id=adapter.delivery_id(envelope, payload),
-            topic=envelope.topic,
-            event_ref=envelope.event_ref,
-            api_version=envelope.api_version,
-            triggered_at=envelope.triggered_at,
-            outcome=outcome_name,
-            detail=outcome.skipped,
-            order_ref=outcome.order_ref,
-            customer_ref=outcome.customer_ref,
-        )
-        unusable = storable.unfit(receipt, outcome.events)
-        if unusable is not None:
-            # Recorded, answered 200: a platform would only retry (Shopify) or count the
-            # failure towards disabling the webhook (WooCommerce) over a body it cannot fix.
-            outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
-            outcome_name = "skipped"
-            receipt = storable.fitted(receipt, outcome.skipped or "")
-        if outcome.action is None:
-            accepted = queries.record_delivery(db, receipt, outcome.events, now=now)
-    if outcome.action is not None:
-        # Lifecycle topics are rare and touch several tables: a transaction of their own.
-        with runtime.sessions.begin() as session:
-            accepted = queries.record_delivery(
-                session, receipt, outcome.events, now=now
-            )
-            if not accepted.duplicate_delivery:
-                _apply_action(
-                    session,
-                    target,
-                    outcome.action,
-                    accepted.receipt_id,
-                    now,
-                    triggered_at=envelope.triggered_at,
-                )
+    call = _Call(adapter, runtime, req, envelope, platform, connection_id, now)
+    done = None
+    if runtime.engine.dialect.name == "postgresql":
+        done = _receive_fast(call)
+    if done is None:
+        done = _receive_locked(call)
+    if not isinstance(done, _Recorded):
+        return done
+    accepted, delivery = done.accepted, done.delivery
+    status = "duplicate" if accepted.duplicate_delivery else delivery.outcome_name
     log.info(
         "webhook %s %s for %s: %s, %d new event(s)%s",
         platform,
         envelope.topic,
-        info.id,
-        "duplicate" if accepted.duplicate_delivery else outcome_name,
+        delivery.info.id,
+        status,
         len(accepted.new_events),
-        f" (skipped: {outcome.skipped})" if outcome.skipped else "",
+        f" (skipped: {delivery.outcome.skipped})" if delivery.outcome.skipped else "",
     )
-    return (
-        jsonify(
-            status="duplicate" if accepted.duplicate_delivery else outcome_name,
-            new_events=len(accepted.new_events),
-        ),
-        200,
+    g.webhook_status = status
+    return jsonify(status=status, new_events=len(accepted.new_events)), 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One webhook request, as both paths below read it."""
+
+    adapter: Adapter
+    runtime: Runtime
+    req: WebhookRequest
+    envelope: Envelope
+    platform: str
+    connection_id: str | None
+    now: datetime
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The cache key: the URL's connection id (WooCommerce) or the store (Shopify)."""
+        if self.connection_id is not None:
+            return (self.platform, "id", self.connection_id)
+        return (self.platform, "store", self.envelope.store or "")
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """A verified delivery, translated, ready to record."""
+
+    info: ConnectionInfo
+    outcome: Outcome
+    outcome_name: str
+    receipt: queries.ReceiptIn
+
+
+@dataclass(frozen=True, slots=True)
+class _Recorded:
+    accepted: queries.Accepted
+    delivery: _Delivery
+
+
+#: an answer given early (a lifecycle delivery for an unknown store), or what was recorded
+_Done = tuple[Response, int] | _Recorded
+
+
+def _receive_fast(call: _Call) -> _Done | None:
+    """PostgreSQL: a known connection's delivery in one round trip; None: take the locked path.
+
+    The connection comes from the worker's cache when it can (see :class:`_TargetCache`),
+    else from one autocommit read; the write is one atomic statement that records nothing
+    unless the connection's row still holds what the delivery was verified and translated
+    with. Lifecycle deliveries, unknown or uninstalled stores, a signature that fails against
+    a cached secret, and a connection that changed since it was read all go to
+    :func:`_receive_locked`, which reads the connection again.
+    """
+    cache = _target_cache()
+    target = cache.get(call.key)
+    cached = target is not None
+    with _connect(call.runtime.engine) as db:
+        if target is None:
+            target = _find_connection(
+                db, call.platform, call.connection_id, call.envelope.store
+            )
+            if target is None or target.status == ConnectionStatus.UNINSTALLED:
+                return None
+        if cached:
+            try:
+                call.adapter.verify(call.req, _secrets(call, target))
+            except SignatureError:
+                # The secret may have changed since it was cached: read it again.
+                cache.drop(call.key)
+                return None
+        else:
+            _verify(call, target)
+        delivery = _translate(call, target)
+        if delivery.outcome.action is not None:
+            return None
+        accepted = queries.record_delivery(
+            db,
+            delivery.receipt,
+            delivery.outcome.events,
+            now=call.now,
+            guard=target.guard,
+        )
+    if accepted.connection_changed:
+        cache.drop(call.key)
+        return None
+    if not cached:
+        cache.put(call.key, target)
+    return _Recorded(accepted, delivery)
+
+
+def _receive_locked(call: _Call) -> _Done:
+    """Every delivery on SQLite, lifecycle ones and the fast path's leftovers on PostgreSQL.
+
+    One transaction that reads the connection's row under FOR UPDATE, so nothing changes it
+    until the delivery, and its action, are recorded.
+    """
+    _target_cache().drop(call.key)
+    adapter, envelope = call.adapter, call.envelope
+    with call.runtime.sessions.begin() as session:
+        target = _find_connection(
+            session.connection(),
+            call.platform,
+            call.connection_id,
+            envelope.store,
+            lock=True,
+        )
+        if target is None or (
+            target.status == ConnectionStatus.UNINSTALLED
+            and not adapter.accepts_unknown_store(envelope.topic)
+        ):
+            return _unknown(call)
+        _verify(call, target)
+        delivery = _translate(call, target)
+        accepted = queries.record_delivery(
+            session, delivery.receipt, delivery.outcome.events, now=call.now
+        )
+        action = delivery.outcome.action
+        if action is not None and not accepted.duplicate_delivery:
+            _apply_action(
+                session,
+                target,
+                action,
+                accepted.receipt_id,
+                call.now,
+                triggered_at=envelope.triggered_at,
+            )
+    return _Recorded(accepted, delivery)
+
+
+def _unknown(call: _Call) -> tuple[Response, int]:
+    """No connection (or an uninstalled one) for this delivery: acknowledge or refuse."""
+    adapter, envelope, platform = call.adapter, call.envelope, call.platform
+    if adapter.accepts_unknown_store(envelope.topic):
+        # Still only for a genuine delivery: Shopify's review sends forged compliance
+        # webhooks and expects 401 for them.
+        try:
+            adapter.verify(
+                call.req, list(adapter.webhook_secrets(call.runtime.settings))
+            )
+        except SignatureError:
+            log.info("webhook %s rejected for unknown store: bad signature", platform)
+            raise
+        log.info(
+            "webhook %s %s for unknown store acknowledged", platform, envelope.topic
+        )
+        return jsonify(status="ignored"), 200
+    log.info(
+        "webhook %s rejected: unknown store %s",
+        platform,
+        envelope.store or call.connection_id,
+    )
+    raise UnknownConnectionError("no connection for this store")
+
+
+def _secrets(call: _Call, target: _Target) -> list[bytes]:
+    if target.webhook_secret:
+        return [target.webhook_secret.encode()]
+    return list(call.adapter.webhook_secrets(call.runtime.settings))
+
+
+def _verify(call: _Call, target: _Target) -> None:
+    try:
+        call.adapter.verify(call.req, _secrets(call, target))
+    except SignatureError:
+        log.info(
+            "webhook %s rejected for %s: bad signature", call.platform, target.store
+        )
+        raise
+
+
+def _translate(call: _Call, target: _Target) -> _Delivery:
+    """The verified body as an outcome and the receipt to record it with (pure)."""
+    adapter, envelope, req = call.adapter, call.envelope, call.req
+    payload = parse_json(req.body)
+    info = ConnectionInfo(
+        id=target.id,
+        platform=target.platform,
+        store=target.store,
+        settings=dict(target.settings or {}),
+        # Test mode is having a test_event_code: a test order must never reach Meta as real.
+        test_mode=bool(target.test_event_code),
+    )
+    unusable = storable.text_problem(req.body, payload)
+    if unusable is None:
+        outcome = adapter.handle(envelope.topic, payload, info, call.now)
+    else:
+        outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
+    outcome_name = (
+        "accepted" if outcome.events else ("action" if outcome.action else "skipped")
+    )
+    receipt = queries.ReceiptIn(
+        platform=call.platform,
+        connection_id=target.id,
+        delivery_id=adapter.delivery_id(envelope, payload),
+        topic=envelope.topic,
+        event_ref=envelope.event_ref,
+        api_version=envelope.api_version,
+        triggered_at=envelope.triggered_at,
+        outcome=outcome_name,
+        detail=outcome.skipped,
+        order_ref=outcome.order_ref,
+        customer_ref=outcome.customer_ref,
+    )
+    unusable = storable.unfit(receipt, outcome.events)
+    if unusable is not None:
+        # Recorded, answered 200: a platform would only retry (Shopify) or count the
+        # failure towards disabling the webhook (WooCommerce) over a body it cannot fix.
+        outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
+        outcome_name = "skipped"
+        receipt = storable.fitted(receipt, outcome.skipped or "")
+    return _Delivery(
+        info=info, outcome=outcome, outcome_name=outcome_name, receipt=receipt
     )
 
 
 @contextmanager
 def _connect(engine: Engine) -> Iterator[DBConnection]:
-    """The webhook path's connection.
-
-    PostgreSQL: autocommit, because the path is one read and one atomic write statement, so
-    BEGIN and COMMIT would only add round trips. SQLite: one transaction, which serializes
-    writers there anyway.
-    """
-    if engine.dialect.name == "postgresql":
-        with engine.connect() as conn:
-            yield conn.execution_options(isolation_level="AUTOCOMMIT")
-    else:
-        with engine.begin() as conn:
-            yield conn
+    """The fast path's connection (PostgreSQL): autocommit, because the path is at most one
+    read and one atomic write statement, so BEGIN and COMMIT would only add round trips."""
+    with engine.connect() as conn:
+        yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,38 +331,117 @@ class _Target:
     settings: dict[str, Any] | None
     test_event_code: str | None
     webhook_secret: str | None
+    #: the same columns as stored, for :func:`queries.record_delivery` to check
+    guard: queries.ConnectionGuard
+
+
+class _TargetCache:
+    """Connections this worker looked up in the last few seconds, by platform and store or id.
+
+    Why it is safe: a cached connection is only ever used by :func:`_receive_fast`, whose one
+    write statement records nothing unless the connection's row still holds every column the
+    delivery was verified and translated with (:class:`queries.ConnectionGuard`): status,
+    store, settings, test event code and the sealed webhook secret. Another worker's uninstall,
+    GDPR shop/redact (which deletes the row), disconnect, new secret or new settings therefore
+    makes the write find nothing, and the delivery is taken again through the locked path,
+    which reads the row afresh; it is never accepted into a connection that changed or is
+    gone. Only connections found and not uninstalled are kept, so a new install is seen at
+    once. The lifetime only bounds how long a decrypted secret stays in memory.
+    """
+
+    def __init__(self, lifetime: float = 30.0, size: int = 1024) -> None:
+        self.lifetime = lifetime
+        self.size = size
+        self._entries: dict[tuple[str, str, str], tuple[float, _Target]] = {}
+        # gthread workers: one thread's eviction must not iterate while another inserts
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str]) -> _Target | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        return entry[1]
+
+    def put(self, key: tuple[str, str, str], target: _Target) -> None:
+        with self._lock:
+            if len(self._entries) >= self.size:
+                # the oldest entry goes (dicts keep insertion order)
+                self._entries.pop(next(iter(self._entries)), None)
+            self._entries[key] = (time.monotonic() + self.lifetime, target)
+
+    def drop(self, key: tuple[str, str, str]) -> None:
+        self._entries.pop(key, None)
+
+
+def _target_cache() -> _TargetCache:
+    cache: _TargetCache = current_app.extensions.setdefault(
+        "connector.webhook_targets", _TargetCache()
+    )
+    return cache
 
 
 _c = Connection.__table__.c
 # Plain column selects, built once: the other secrets are not decrypted on every request.
+# Settings and the webhook secret are read as stored (JSON text, sealed secret), so that the
+# write can compare them (see queries.ConnectionGuard).
 _TARGET = select(
     _c.id,
     _c.platform,
     _c.store,
     _c.status,
-    _c.settings,
+    cast(_c.settings, Text),
     _c.test_event_code,
-    _c.webhook_secret,
+    type_coerce(_c.webhook_secret, Text),
 )
 _CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _BY_ID = _TARGET.where(_c.id == bindparam("key"), _c.platform == bindparam("platform"))
 _BY_STORE = _TARGET.where(
     _c.store == bindparam("key"), _c.platform == bindparam("platform")
 )
+_BY_ID_LOCKED = _BY_ID.with_for_update()
+_BY_STORE_LOCKED = _BY_STORE.with_for_update()
 
 
 def _find_connection(
-    db: DBConnection, platform: str, connection_id: str | None, store: str | None
+    db: DBConnection,
+    platform: str,
+    connection_id: str | None,
+    store: str | None,
+    *,
+    lock: bool = False,
 ) -> _Target | None:
     if connection_id is not None:
         if not _CONNECTION_ID.fullmatch(connection_id):
             return None  # not an id this connector makes (a NUL would upset PostgreSQL)
-        row = db.execute(_BY_ID, {"key": connection_id, "platform": platform}).first()
+        query = _BY_ID_LOCKED if lock else _BY_ID
+        row = db.execute(query, {"key": connection_id, "platform": platform}).first()
     elif store:
-        row = db.execute(_BY_STORE, {"key": store, "platform": platform}).first()
+        query = _BY_STORE_LOCKED if lock else _BY_STORE
+        row = db.execute(query, {"key": store, "platform": platform}).first()
     else:
         return None
-    return None if row is None else _Target(*row)
+    if row is None:
+        return None
+    id_, platform_, store_, status, settings, test_event_code, sealed = row
+    return _Target(
+        id=id_,
+        platform=platform_,
+        store=store_,
+        status=status,
+        settings=json.loads(settings) if settings is not None else None,
+        test_event_code=test_event_code,
+        webhook_secret=keyring.decrypt(sealed) if sealed is not None else None,
+        guard=queries.ConnectionGuard(
+            status=status,
+            store=store_,
+            settings=settings,
+            test_event_code=test_event_code,
+            webhook_secret=sealed,
+        ),
+    )
 
 
 def _predates_install(
