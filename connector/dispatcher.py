@@ -396,23 +396,23 @@ class Dispatcher:
                 return []
             if self.is_postgres:
                 # SKIP LOCKED: concurrent workers take disjoint rows instead of queueing on
-                # each other; the row's due-ness is checked again under the lock.
-                # Joined to the candidates in their order: one primary-key lookup each.
-                picked = [
-                    int(i)
-                    for i in session.execute(
-                        _LOCK_CANDIDATES,
-                        {"ids": order, "now": now, "limit": self.claim_size},
-                    ).scalars()
-                ]
+                # each other; the row's due-ness is checked again under the lock. Joined to
+                # the candidates in their order (one primary-key lookup each), and leased by
+                # the same statement: one round trip.
+                locked = (
+                    _LOCK_CANDIDATES.bindparams(
+                        ids=order, now=now, limit=self.claim_size
+                    )
+                    .columns(id=BigInteger())
+                    .subquery("locked")
+                )
+                rows = session.execute(
+                    stmt.where(t.c.id.in_(select(locked.c.id)))
+                ).all()
             else:
                 # SQLite: BEGIN IMMEDIATE already made this transaction the only writer.
                 picked = order[: self.claim_size]
-            rows = (
-                session.execute(stmt.where(self._row_ids(picked))).all()
-                if picked
-                else []
-            )
+                rows = session.execute(stmt.where(self._row_ids(picked))).all()
         claimed = [
             Claimed(r[0], r[1], r[2], r[3], r[4], r[5], r[6], leased_at) for r in rows
         ]
