@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from sqlalchemy import Table, bindparam, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from connector import jsoncodec
 from connector.errors import NotFoundError, OAuthStateError
 from connector.events import INITIATE_CHECKOUT, PURCHASE, CanonicalEvent
 from connector.quality import key_mask
@@ -326,38 +326,39 @@ def _record_delivery_pg(
     now: datetime,
     guard: ConnectionGuard | None,
 ) -> Accepted:
+    metas = [ev.to_meta() for ev in events]
     rows = db.execute(
         _RECORD_DELIVERY_PG,
         {
             **_receipt_params(receipt, now),
             **_guard_params(guard),
-            "events": json.dumps(
+            "events": jsoncodec.dumps_text(
                 [
                     {
                         "event_name": ev.event_name,
                         "event_id": ev.event_id,
                         "event_time": ev.event_time.isoformat(),
-                        "payload": ev.to_meta(),
+                        "payload": meta,
                         "order_ref": ev.order_ref,
                         "customer_ref": ev.customer_ref,
                         "match_keys": key_mask(ev.user_data),
                     }
-                    for ev in events
+                    for ev, meta in zip(events, metas, strict=True)
                 ]
             ),
             "purchase": PURCHASE,
-            "refresh": json.dumps(
+            "refresh": jsoncodec.dumps_text(
                 [
                     {
                         "event_name": ev.event_name,
                         "event_id": ev.event_id,
                         "event_time": ev.event_time.isoformat(),
-                        "payload": ev.to_meta(),
+                        "payload": meta,
                         "customer_ref": ev.customer_ref,
                         "richness": _richness(ev),
                         "match_keys": key_mask(ev.user_data),
                     }
-                    for ev in events
+                    for ev, meta in zip(events, metas, strict=True)
                     if ev.event_name in REFRESHABLE_EVENTS
                 ]
             ),
