@@ -133,8 +133,9 @@ class WebhookReceipt(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     platform: Mapped[str] = mapped_column(String(32))
+    #: indexed as the leading column of uq_webhook_receipts_delivery
     connection_id: Mapped[str] = mapped_column(
-        ForeignKey("connections.id", ondelete="CASCADE"), index=True
+        ForeignKey("connections.id", ondelete="CASCADE")
     )
     delivery_id: Mapped[str] = mapped_column(String(255))
     topic: Mapped[str] = mapped_column(String(128))
