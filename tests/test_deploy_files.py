@@ -261,6 +261,42 @@ def test_requirements_install_the_app_itself() -> None:
     )
 
 
+#: what the Procfile's processes import when they start: the web server's worker class
+#: (gunicorn.conf.py), the app, the worker and every periodic job
+_STARTUP_IMPORTS = """
+import json, sys
+already = set(sys.modules)  # the interpreter's own start (site, .pth hooks)
+import gunicorn.workers.ggevent
+import connector.web, connector.cli, connector.dispatcher, connector.jobs, connector.metrics
+import connector.logs, adapters.shopify.adapter, adapters.woocommerce.adapter
+connector.web.create_app
+from importlib.metadata import packages_distributions
+dists = packages_distributions()
+names = {m.split(".")[0] for m in set(sys.modules) - already}
+print(json.dumps(sorted({d for n in names for d in dists.get(n, [])})))
+"""
+
+
+def test_requirements_pin_every_distribution_the_processes_import() -> None:
+    """A host installs requirements.txt alone: whatever the web and worker processes import
+    at start must be pinned there, also what a dependency imports without declaring it
+    (gunicorn's gevent worker imports packaging)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _STARTUP_IMPORTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    imported = {str(canonicalize_name(d)) for d in json.loads(out)}
+    pins, _, _ = _pins()
+    missing = sorted(imported - set(pins) - {"capi-connector"})
+    assert not missing, f"imported at start but not in requirements.txt: {missing}"
+
+
 def test_the_python_version_is_pinned_as_heroku_reads_it() -> None:
     """.python-version holds a major.minor version inside requires-python."""
     version = (ROOT / ".python-version").read_text().strip()
