@@ -120,8 +120,15 @@ def encode_json_body(body: Mapping[str, Any]) -> bytes:
 
     Compact UTF-8 (:func:`connector.jsoncodec.dumps`): the document ``json.dumps`` gives with
     ``separators=(",", ":")`` and ``ensure_ascii=False``, several times faster.
+
+    Raises:
+        ValueError: a parameter JSON cannot hold (a lone surrogate, an object).
     """
-    return jsoncodec.dumps(body)
+    try:
+        return jsoncodec.dumps(body)
+    except TypeError as exc:
+        # A parameter JSON cannot hold (a lone surrogate in a test event code, say).
+        raise ValueError(f"the request body cannot be written as JSON: {exc}") from None
 
 
 def failed_event_index(error: GraphError, size: int) -> int | None:

@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from connector import jsoncodec, logs, metrics
@@ -282,7 +283,12 @@ class Dispatcher:
         self._http = ThreadPoolExecutor(
             self.concurrency + 4, thread_name_prefix="connector-http"
         )
-        # One claim ahead at most, on its own database connection.
+        # One claim ahead at most, on its own database connection; only when its rows cannot
+        # outlive their lease while the claim before is processed (that takes at most
+        # CLAIM_SHARE_OF_LEASE of the lease, one last request and its recording).
+        self.claims_ahead = (
+            self.lease_seconds * (1 - CLAIM_SHARE_OF_LEASE) > 1.5 * self.send_deadline
+        )
         self._claimer = ThreadPoolExecutor(1, thread_name_prefix="connector-claim")
         # Meta's answers are recorded while each batch's next request is out.
         self._recorder = ThreadPoolExecutor(
@@ -569,13 +575,17 @@ class Dispatcher:
     ) -> None:
         """Record an accepted request while the batch's next request is out.
 
-        One recording per batch at a time, in the order of the answers: the one before is
-        waited for first, and every other outcome waits for it too (see :meth:`_settle`).
+        At most two recordings per batch at once (this one and the one before, which is then
+        waited for); every other outcome waits for them (see :meth:`_settle`).
         """
-        self._settle(batch)
+        previous, batch.recording = batch.recording, None
+        # The answer in hand is recorded whatever became of the one before...
         batch.recording = self._recorder.submit(
             self._record_sent, batch, chunk, result, lease_end
         )
+        if previous is not None:
+            # ...whose failure then stops the batch (its rest goes again after the lease).
+            previous.result()
 
     def _record_sent(
         self, batch: _Batch, chunk: list[Claimed], result: SendResult, lease_end: float
@@ -619,7 +629,13 @@ class Dispatcher:
                 < self.lease_seconds * FRESH_LEASE_SHARE
             ):
                 # Claimed moments ago: the claim's lease covers this request, with half of
-                # it to spare at the request's latest end. A write per row saved.
+                # it to spare at the request's latest end, so no write renews it; a read
+                # still makes sure each row is here and ours (not deleted by a redaction,
+                # not sent meanwhile from another claim of this worker).
+                live = self._still_ours(chunk)
+                if not live:
+                    continue
+                chunk = live
                 lease_end = oldest + self.lease_seconds
             else:
                 live = self._renew(chunk)
@@ -756,6 +772,29 @@ class Dispatcher:
 
     # -- leases -------------------------------------------------------------------------
 
+    def _still_ours(self, rows: Sequence[Claimed]) -> list[Claimed]:
+        """The rows still leased to this worker, read without a write; only those may go."""
+        stmt = select(EVENTS.c.id).where(
+            self._row_ids([r.id for r in rows]),
+            EVENTS.c.lease_owner == self.worker_id,
+            EVENTS.c.status == EventStatus.SENDING,
+        )
+        ours = self._db(
+            lambda session: {int(i) for i in session.execute(stmt).scalars()}
+        )
+        return self._keep_ours(rows, ours)
+
+    def _keep_ours(self, rows: Sequence[Claimed], ours: set[int]) -> list[Claimed]:
+        lost = len(rows) - len(ours)
+        if lost:
+            self.stats.add("lease_lost", lost)
+            log.warning(
+                "%d of %d rows are no longer leased to this worker; they are not sent by it",
+                lost,
+                len(rows),
+            )
+        return [r for r in rows if r.id in ours]
+
     def _renew(self, rows: Sequence[Claimed]) -> list[Claimed]:
         """Extend the lease of the rows still ours; only those may be sent now."""
         now = self.clock()
@@ -772,15 +811,7 @@ class Dispatcher:
         ours = self._db(
             lambda session: {int(i) for i in session.execute(stmt).scalars()}
         )
-        lost = len(rows) - len(ours)
-        if lost:
-            self.stats.add("lease_lost", lost)
-            log.warning(
-                "%d of %d rows are no longer leased to this worker; they are not sent by it",
-                lost,
-                len(rows),
-            )
-        return [r for r in rows if r.id in ours]
+        return self._keep_ours(rows, ours)
 
     # -- recording outcomes -------------------------------------------------------------
 
@@ -799,10 +830,11 @@ class Dispatcher:
             try:
                 with self.runtime.sessions.begin() as session:
                     return work(session)
-            except DBAPIError as exc:
+            except (DBAPIError, PoolTimeout) as exc:
                 attempt += 1
-                retryable = exc.connection_invalidated or isinstance(
-                    exc, OperationalError
+                # PoolTimeout: every pooled connection busy for a while; one frees up soon.
+                retryable = isinstance(exc, PoolTimeout | OperationalError) or bool(
+                    exc.connection_invalidated
                 )
                 if not retryable or (
                     attempt >= RECORD_ATTEMPTS and time.monotonic() >= deadline
@@ -1197,7 +1229,8 @@ def run_worker(
                     # out; it is processed only once this one is done, so a connection's
                     # requests still go one after another, and a backoff or a hold this one
                     # meets is read afresh before the next one sends.
-                    ahead = dispatcher.claim_ahead()
+                    if dispatcher.claims_ahead:
+                        ahead = dispatcher.claim_ahead()
                     dispatcher.process(claimed)
             except SQLAlchemyError:
                 if drain:

@@ -8,7 +8,11 @@ library, the standard library takes over, so nothing that was readable or writab
 stops being so:
 
 - writing: integers beyond 64 bits and other types orjson refuses (``TypeError``);
-- reading: ``NaN`` and ``Infinity``, which Python's ``json.dumps`` writes but JSON forbids.
+- reading: ``NaN`` and ``Infinity``, which Python's ``json.dumps`` writes but JSON forbids,
+  escaped lone surrogates, and integers beyond 64 bits (orjson would make them floats).
+
+One difference stays: ``NaN`` and infinities are written as ``null`` (JSON has no such
+numbers; ``json.dumps`` wrote tokens no JSON reader accepts).
 
 Dict keys that are not strings are written as strings, as ``json.dumps`` does.
 """
@@ -21,6 +25,14 @@ from typing import Any
 import orjson
 
 _OPTIONS = orjson.OPT_NON_STR_KEYS
+
+#: digits as "0", a minus as itself, the rest as a space: runs of digits become easy to see
+_NUMBERS = bytes(
+    0x30 if 0x30 <= i <= 0x39 else 0x2D if i == 0x2D else 0x20 for i in range(256)
+)
+#: 20 digits may exceed an unsigned 64-bit integer; a minus and 19 a signed one
+_BEYOND_64_BITS = b"0" * 20
+_BELOW_INT64 = b"-" + b"0" * 19
 
 #: a JSON document already written, placed into a larger one as it is by :func:`dumps`
 Raw = orjson.Fragment
@@ -54,8 +66,15 @@ def dumps(value: Any) -> bytes:
 
 
 def dumps_text(value: Any) -> str:
-    """:func:`dumps` as a ``str``: SQLAlchemy's ``json_serializer`` for JSON columns."""
-    return dumps(value).decode("utf-8")
+    """SQLAlchemy's ``json_serializer`` for JSON columns: compact JSON as a ``str``.
+
+    What orjson refuses (a lone surrogate, an integer beyond 64 bits) is written as
+    SQLAlchemy's own default writes it, ``json.dumps`` with non-ASCII escaped.
+    """
+    try:
+        return orjson.dumps(value, option=_OPTIONS).decode("utf-8")
+    except TypeError:
+        return json.dumps(value)
 
 
 def loads(document: str | bytes | bytearray | memoryview) -> Any:
@@ -64,10 +83,19 @@ def loads(document: str | bytes | bytearray | memoryview) -> Any:
     Raises:
         ValueError: the document is not JSON (``json.JSONDecodeError`` is a ValueError).
     """
+    original: str | bytes
+    if isinstance(document, str):
+        original = document
+        document = document.encode("utf-8", "surrogatepass")
+    else:
+        document = original = bytes(document)
+    numbers = document.translate(_NUMBERS)
+    if _BEYOND_64_BITS in numbers or _BELOW_INT64 in numbers:
+        # orjson reads an integer beyond 64 bits as a float; the standard library keeps it.
+        return json.loads(original)
     try:
         return orjson.loads(document)
     except orjson.JSONDecodeError:
-        # NaN or Infinity, written by json.dumps before this module existed.
-        if isinstance(document, memoryview):
-            document = document.tobytes()
-        return json.loads(document)
+        # NaN or Infinity, written by json.dumps before this module existed; escaped lone
+        # surrogates.
+        return json.loads(original)

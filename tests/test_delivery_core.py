@@ -189,6 +189,113 @@ def test_a_request_right_after_its_claim_goes_without_renewing_the_lease(
     assert len(writes) == 2, writes
 
 
+def test_events_a_redaction_deleted_after_the_claim_are_not_sent(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """A GDPR customers/redact lands between the claim and the request: nothing of it goes."""
+    state, server = graph
+    rt = at(runtime, server.url, lease_seconds=120)
+    conn = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    add_events(rt, conn, 3, customer_ref="cust-1")
+    worker = Dispatcher(rt, worker_id="w1", policy=FAST)
+    claimed = worker.claim()
+    with rt.sessions.begin() as session:
+        queries.redact_customer(session, conn, "cust-1", [])
+    worker.process(claimed)
+    worker.close()
+    assert state.event_ids(PIXEL_A) == []
+    assert rows(rt, conn) == []
+
+
+def test_rows_of_a_claim_that_outlived_its_lease_are_sent_once(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """Meta slow enough for a claim's lease to run out: a later claim of the same worker may
+    take its rows again, and each event still reaches Meta once."""
+    state, server = graph
+    rt = at(
+        runtime,
+        server.url,
+        lease_seconds=10,
+        http_timeout=3.9,
+        batch_size=1,
+        poll_interval=0.05,
+    )
+    conn = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    ids = add_events(rt, conn, 8)
+    state.fail_next(3, "delay", seconds=3.6)
+    dispatcher.run_worker(
+        runtime=rt, drain=True, worker_id="w1", concurrency=4, policy=FAST
+    )
+    assert Counter(state.event_ids(PIXEL_A)) == Counter(ids)
+    assert {r.status for r in rows(rt, conn)} == {"sent"}
+
+
+def test_a_failed_recording_does_not_lose_the_next_accepted_answer(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """The first recording fails while the next request is out: that next answer is recorded
+    all the same; only the rows whose answer was lost wait for their lease."""
+    from sqlalchemy.exc import IntegrityError
+
+    state, server = graph
+    rt = at(runtime, server.url, batch_size=2)
+    conn = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    add_events(rt, conn, 4)
+    worker = Dispatcher(rt, worker_id="w1", concurrency=2, policy=FAST)
+    real = worker._sent
+    calls: list[list[int]] = []
+
+    def flaky(*args: Any) -> None:
+        calls.append([r.id for r in args[1]])
+        if len(calls) == 1:
+            time.sleep(0.3)  # the next request goes out meanwhile
+            raise IntegrityError("UPDATE events", {}, Exception("a write that fails"))
+        real(*args)
+
+    worker._sent = flaky  # type: ignore[method-assign]
+    worker.process(worker.claim())
+    worker.close()
+    assert len(state.event_ids(PIXEL_A)) == 4
+    assert len(calls) == 2
+    assert Counter(r.status for r in rows(rt, conn)) == {"sent": 2, "sending": 2}
+
+
+def test_a_busy_connection_pool_is_waited_for_not_a_lost_answer(
+    runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
+) -> None:
+    """Every pooled connection taken for a moment: recording Meta's answer waits and retries."""
+    from sqlalchemy.orm import sessionmaker
+
+    from connector.capi import SendResult
+    from connector.store.db import make_engine
+
+    _, server = graph
+    rt = at(runtime, server.url)
+    conn = add_connection(rt, "a.myshopify.com", pixel_id=PIXEL_A)
+    add_events(rt, conn, 2)
+    engine = make_engine(
+        rt.settings.database_url, pool_size=1, max_overflow=0, pool_timeout=0.3
+    )
+    small = replace(rt, engine=engine, sessions=sessionmaker(engine))
+    worker = Dispatcher(small, worker_id="w1", concurrency=1, policy=FAST)
+    try:
+        claimed = worker.claim()
+        target = worker._targets([conn])[conn]
+        held = engine.connect()  # another thread holds the only connection...
+        threading.Timer(1.0, held.close).start()  # ...for a second
+        worker._sent(
+            target,
+            claimed,
+            SendResult(events_received=2, fbtrace_id="trace"),
+            time.monotonic() + 120,
+        )
+    finally:
+        worker.close()
+        engine.dispose()
+    assert {r.status for r in rows(rt, conn)} == {"sent"}
+
+
 def test_a_claim_that_used_most_of_its_lease_gives_the_rest_back(
     runtime: Runtime, graph: tuple[FakeGraph, LiveServer]
 ) -> None:

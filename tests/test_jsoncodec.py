@@ -63,3 +63,32 @@ def test_not_json_is_a_value_error() -> None:
 def test_what_json_cannot_hold_is_a_type_error() -> None:
     with pytest.raises(TypeError):
         jsoncodec.dumps({"when": object()})
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        b'{"id": 123456789012345678901234567890}',
+        '{"id": 18446744073709551616}',
+        b"[-9300000000000000000]",
+        memoryview(b'{"id": 123456789012345678901234567890}'),
+    ],
+)
+def test_integers_beyond_64_bits_read_as_integers(document: Any) -> None:
+    raw = bytes(document) if isinstance(document, memoryview) else document
+    # exact: an int and the float orjson would make of it do not compare equal
+    assert jsoncodec.loads(document) == json.loads(raw)
+
+
+def test_a_column_with_a_lone_surrogate_is_written_as_before() -> None:
+    """SQLAlchemy's default serializer escaped it; so does the column serializer."""
+    value = {"name": "\ud800"}
+    assert jsoncodec.dumps_text(value) == json.dumps(value)
+    assert jsoncodec.loads(jsoncodec.dumps_text(value)) == value
+
+
+def test_a_request_body_json_cannot_hold_is_a_value_error() -> None:
+    from connector.capi import encode_json_body
+
+    with pytest.raises(ValueError, match="cannot be written as JSON"):
+        encode_json_body({"data": [jsoncodec.raw(b"{}")], "test_event_code": "\ud800"})

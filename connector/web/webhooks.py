@@ -357,13 +357,14 @@ class _TargetCache:
         self._lock = threading.Lock()
 
     def get(self, key: tuple[str, str, str]) -> _Target | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if entry[0] <= time.monotonic():
-            self._entries.pop(key, None)
-            return None
-        return entry[1]
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry[0] <= time.monotonic():
+                self._entries.pop(key, None)
+                return None
+            return entry[1]
 
     def put(self, key: tuple[str, str, str], target: _Target) -> None:
         with self._lock:
@@ -373,7 +374,8 @@ class _TargetCache:
             self._entries[key] = (time.monotonic() + self.lifetime, target)
 
     def drop(self, key: tuple[str, str, str]) -> None:
-        self._entries.pop(key, None)
+        with self._lock:
+            self._entries.pop(key, None)
 
 
 def _target_cache() -> _TargetCache:
