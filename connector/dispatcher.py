@@ -1016,6 +1016,35 @@ class Dispatcher:
             return True
         return (pixel, token) == sent_with
 
+    def _set_sending_status(
+        self,
+        session: Session,
+        target: Target,
+        status: str,
+        reason: str,
+        **values: Any,
+    ) -> None:
+        """Move a connection that was sending (active or failing) to ``status``, with why.
+
+        A connection a person or another worker has meanwhile set otherwise (disconnected,
+        uninstalled) keeps that state.
+        """
+        session.execute(
+            update(CONNECTIONS)
+            .where(
+                CONNECTIONS.c.id == target.id,
+                CONNECTIONS.c.status.in_(
+                    [ConnectionStatus.ACTIVE, ConnectionStatus.FAILING]
+                ),
+            )
+            .values(
+                status=status,
+                status_reason=_clip(reason, 500),
+                updated_at=self.clock(),
+                **values,
+            )
+        )
+
     def _hold_connection(
         self,
         target: Target,
@@ -1027,19 +1056,8 @@ class Dispatcher:
         with self.runtime.sessions.begin() as session:
             current = self._still_sends_with(session, target, sent_with)
             if current:
-                session.execute(
-                    update(CONNECTIONS)
-                    .where(
-                        CONNECTIONS.c.id == target.id,
-                        CONNECTIONS.c.status.in_(
-                            [ConnectionStatus.ACTIVE, ConnectionStatus.FAILING]
-                        ),
-                    )
-                    .values(
-                        status=ConnectionStatus.NEEDS_RECONNECT,
-                        status_reason=_clip(reason, 500),
-                        updated_at=self.clock(),
-                    )
+                self._set_sending_status(
+                    session, target, ConnectionStatus.NEEDS_RECONNECT, reason
                 )
                 # The rest of its outbox would meet the same refusal: hold it now, visibly.
                 session.execute(
@@ -1078,20 +1096,12 @@ class Dispatcher:
         with self.runtime.sessions.begin() as session:
             current = self._still_sends_with(session, target, sent_with)
             if current:
-                session.execute(
-                    update(CONNECTIONS)
-                    .where(
-                        CONNECTIONS.c.id == target.id,
-                        CONNECTIONS.c.status.in_(
-                            [ConnectionStatus.ACTIVE, ConnectionStatus.FAILING]
-                        ),
-                    )
-                    .values(
-                        status=ConnectionStatus.FAILING,
-                        status_reason=_clip(decision.reason, 500),
-                        backoff_until=decision.until,
-                        updated_at=self.clock(),
-                    )
+                self._set_sending_status(
+                    session,
+                    target,
+                    ConnectionStatus.FAILING,
+                    decision.reason,
+                    backoff_until=decision.until,
                 )
         if not current:
             self._release(rows)
