@@ -29,6 +29,8 @@ SECRETS_FILE = "secrets.json"
 MIN_LEASE_SECONDS = 2
 MAX_LEASE_SECONDS = 3600
 MAX_SEND_CONCURRENCY = 64
+#: values of CONNECTOR_WEBHOOK_TRANSLATION: in the web request, or by the worker
+WEBHOOK_TRANSLATIONS = ("inline", "worker")
 
 
 #: the distribution's name, also the per-user data folder's
@@ -119,6 +121,10 @@ class Settings:
     send_concurrency: int = 16
     #: seconds a database statement may run before PostgreSQL cancels it (0: no limit)
     db_statement_timeout: float = 30.0
+    #: where order and checkout deliveries are translated (CONNECTOR_WEBHOOK_TRANSLATION):
+    #: "inline" in the web request, or "worker" (PostgreSQL only: the web process records
+    #: the sealed body and answers, the worker makes the events; see connector.inbox)
+    webhook_translation: str = "inline"
 
     @property
     def is_production(self) -> bool:
@@ -194,6 +200,14 @@ class Settings:
         sweep_interval = _float(environ, "CONNECTOR_SWEEP_INTERVAL", 900.0, problems)
         if sweep_interval < 60:
             problems.append("CONNECTOR_SWEEP_INTERVAL must be at least 60 seconds")
+        webhook_translation = (
+            environ.get("CONNECTOR_WEBHOOK_TRANSLATION") or "inline"
+        ).lower()
+        if webhook_translation not in WEBHOOK_TRANSLATIONS:
+            problems.append(
+                "CONNECTOR_WEBHOOK_TRANSLATION must be one of "
+                f"{', '.join(WEBHOOK_TRANSLATIONS)}"
+            )
         if env == "production":
             if not keys:
                 problems.append("CONNECTOR_ENCRYPTION_KEYS is required in production")
@@ -284,6 +298,7 @@ class Settings:
             retain_personal_data_days=retain_personal,
             retain_receipts_days=retain_receipts,
             sweep_interval=sweep_interval,
+            webhook_translation=webhook_translation,
             send_concurrency=send_concurrency,
             db_statement_timeout=db_statement_timeout,
         )

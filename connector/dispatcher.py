@@ -46,7 +46,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from connector import jsoncodec, logs, metrics
+from connector import inbox, jsoncodec, logs, metrics
 from connector.capi import GraphClient, SendResult, event_problem, failed_event_index
 from connector.crypto import keyring
 from connector.errors import CryptoError, GraphError
@@ -1229,6 +1229,9 @@ def run_worker(
         while not stop.is_set():
             try:
                 dispatcher.heartbeat()
+                # Deliveries the web process left for the worker become events first
+                # (CONNECTOR_WEBHOOK_TRANSLATION=worker; nothing waits otherwise).
+                translated = inbox.translate_waiting(runtime)
                 taken, ahead = ahead, None
                 claimed = taken.result() if taken is not None else []
                 if not claimed:
@@ -1249,7 +1252,7 @@ def run_worker(
                 log.exception("database error in the worker loop; retrying")
                 stop.wait(max(runtime.settings.poll_interval, 1.0))
                 continue
-            if not claimed:
+            if not claimed and not translated:
                 if drain:
                     break
                 stop.wait(runtime.settings.poll_interval)

@@ -150,6 +150,14 @@ class Adapter(Protocol):
     def accepts_unknown_store(self, topic: str) -> bool:
         """True when a delivery for an unknown or uninstalled store still gets 200."""
 
+    def translation_can_wait(self, topic: str) -> bool:
+        """True when ``topic``'s outcome is only events or a skip, never an :data:`Action`.
+
+        Such a delivery may be recorded first and translated later by the worker
+        (``CONNECTOR_WEBHOOK_TRANSLATION=worker``, :mod:`connector.inbox`); a delivery that
+        may change the connection (uninstall, redaction) is always handled in its request.
+        """
+
     def handle(
         self, topic: str, payload: Any, conn: ConnectionInfo, now: datetime
     ) -> Outcome:

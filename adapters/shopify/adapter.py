@@ -70,6 +70,10 @@ class ShopifyAdapter:
         """Uninstall and compliance deliveries are honoured after the app is gone."""
         return topic in topics.LIFECYCLE_TOPICS
 
+    def translation_can_wait(self, topic: str) -> bool:
+        """Order and checkout deliveries make events or a skip, never an action."""
+        return topic in topics.ORDER_TOPICS or topic in topics.CHECKOUT_TOPICS
+
     def handle(
         self, topic: str, payload: Any, conn: ConnectionInfo, now: datetime
     ) -> Outcome:

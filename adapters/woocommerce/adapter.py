@@ -95,6 +95,10 @@ class WooCommerceAdapter:
         """False: a delivery for a connection we do not have is refused."""
         return False
 
+    def translation_can_wait(self, topic: str) -> bool:
+        """Every WooCommerce delivery makes events or a skip: none is a lifecycle action."""
+        return True
+
     def handle(
         self, topic: str, payload: Any, conn: ConnectionInfo, now: datetime
     ) -> Outcome:

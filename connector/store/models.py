@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -150,6 +151,33 @@ class WebhookReceipt(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     order_ref: Mapped[str | None] = mapped_column(String(64))
     customer_ref: Mapped[str | None] = mapped_column(String(64))
+
+
+class WebhookBody(Base):
+    """A verified delivery's body waiting for the worker to translate it (sealed).
+
+    Only with ``CONNECTOR_WEBHOOK_TRANSLATION=worker`` on PostgreSQL: the web process then
+    verifies and records the delivery and answers, and the worker makes its events
+    (:mod:`connector.inbox`). The body holds personal data as the store sent it, so it is
+    kept compressed and encrypted with the connector's keys, and deleted in the transaction
+    that records its events.
+    """
+
+    __tablename__ = "webhook_bodies"
+
+    receipt_id: Mapped[int] = mapped_column(
+        BigId,
+        ForeignKey("webhook_receipts.id", ondelete="CASCADE"),
+        primary_key=True,
+        autoincrement=False,
+    )
+    #: zlib-compressed body, Fernet-sealed (connector.crypto.KeyRing.seal)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    #: failed translations so far; the worker waits longer after each
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    available_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    #: the last failure's kind (an exception class), never the body's content
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class Event(Base):

@@ -27,6 +27,7 @@ from connector.store.models import (
     JsonDict,
     OAuthState,
     RefreshLease,
+    WebhookBody,
     WebhookReceipt,
     WorkerHeartbeat,
     utcnow,
@@ -215,6 +216,24 @@ _REFRESH_SQLITE = text(
         AND event_id = :event_id AND status = 'pending' AND lease_owner IS NULL
         AND attempts = 0 AND send_count = 0
         AND (SELECT count(*) FROM json_each(events.payload, '$.user_data')) <= :richness
+    RETURNING id
+    """
+).bindparams(
+    bindparam("payload", type_=JsonDict),
+    bindparam("event_time", type_=UTCDateTime()),
+)
+
+
+# PostgreSQL: the same refresh, one event at a time (connector.inbox records that way).
+_REFRESH_PG = text(
+    """
+    UPDATE events SET payload = CAST(:payload AS json), event_time = :event_time,
+        customer_ref = COALESCE(:customer_ref, customer_ref), match_keys = :match_keys
+    WHERE connection_id = :connection_id AND event_name = :event_name
+        AND event_id = :event_id AND status = 'pending' AND lease_owner IS NULL
+        AND attempts = 0 AND send_count = 0
+        AND (SELECT count(*) FROM json_object_keys(events.payload -> 'user_data'))
+            <= :richness
     RETURNING id
     """
 ).bindparams(
@@ -439,18 +458,42 @@ def record_delivery(
     ):
         return Accepted(duplicate_delivery=False, connection_changed=True)
     # Core statements on the tables, built once: this is the webhook hot path.
-    add_receipt, add_events = _delivery_statements(dialect)
+    add_receipt, _ = _delivery_statements(dialect)
     receipt_row = session.execute(add_receipt, _receipt_params(receipt, now)).first()
     if receipt_row is None:
         return Accepted(duplicate_delivery=True)
     if not events:
         return Accepted(duplicate_delivery=False, receipt_id=int(receipt_row[0]))
+    new, refreshed = _record_events(session, dialect, receipt, events, now)
+    return Accepted(
+        duplicate_delivery=False,
+        receipt_id=int(receipt_row[0]),
+        new_events=new,
+        refreshed_events=refreshed,
+    )
+
+
+def _record_events(
+    session: Session | DBConnection,
+    dialect: str,
+    receipt: ReceiptIn,
+    events: Sequence[CanonicalEvent],
+    now: datetime,
+) -> tuple[list[tuple[str, str]], int]:
+    """The events of a recorded receipt, statement by statement in the caller's transaction.
+
+    The same rules as :data:`_RECORD_DELIVERY_PG`: refresh what may be refreshed, insert the
+    rest, and a Purchase whose id another order holds under its own order id. Returns the
+    (event_name, event_id) pairs added and the count refreshed.
+    """
+    _, add_events = _delivery_statements(dialect)
+    refresh = _REFRESH_PG if dialect == "postgresql" else _REFRESH_SQLITE
     refreshed = 0
     for ev in events:
         if ev.event_name in REFRESHABLE_EVENTS:
             refreshed += len(
                 session.execute(
-                    _REFRESH_SQLITE,
+                    refresh,
                     {
                         "payload": ev.to_meta(),
                         "event_time": ev.event_time,
@@ -481,10 +524,106 @@ def record_delivery(
         if holder is not None and holder[0] != ev.order_ref:
             again = session.execute(add_events, [_outbox_row(receipt, own, now)]).all()
             added.update((name, event_id) for name, event_id in again)
-    new = _new_events(events, added)
+    return _new_events(events, added), refreshed
+
+
+# PostgreSQL, a delivery whose translation waits for the worker (connector.inbox): the
+# receipt and the sealed body in one statement, under the same guard as _RECORD_DELIVERY_PG.
+_RECORD_WAITING_PG = text(
+    """
+    WITH g AS (
+        SELECT id FROM connections
+        WHERE id = :connection_id AND (NOT :guarded OR (status = :guard_status
+            AND store = :guard_store
+            AND CAST(settings AS text) IS NOT DISTINCT FROM :guard_settings
+            AND test_event_code IS NOT DISTINCT FROM :guard_test_event_code
+            AND webhook_secret IS NOT DISTINCT FROM :guard_webhook_secret))
+        FOR KEY SHARE
+    ), r AS (
+        INSERT INTO webhook_receipts (platform, connection_id, delivery_id, topic, event_ref,
+            api_version, triggered_at, received_at, outcome, detail, order_ref, customer_ref)
+        SELECT :platform, g.id, :delivery_id, :topic, :event_ref, :api_version,
+            CAST(:triggered_at AS timestamptz), CAST(:received_at AS timestamptz), :outcome,
+            :detail, :order_ref, :customer_ref
+        FROM g
+        ON CONFLICT (connection_id, delivery_id) DO NOTHING
+        RETURNING id
+    ), b AS (
+        INSERT INTO webhook_bodies (receipt_id, sealed, attempts, available_at)
+        SELECT r.id, :sealed, 0, CAST(:received_at AS timestamptz) FROM r
+        RETURNING receipt_id
+    )
+    SELECT (SELECT count(*) FROM g), (SELECT id FROM r), (SELECT count(*) FROM b)
+    """
+)
+
+#: the outcome of a receipt whose body waits for the worker
+WAITING = "waiting"
+
+
+def record_waiting_delivery(
+    db: Session | DBConnection,
+    receipt: ReceiptIn,
+    sealed: bytes,
+    *,
+    now: datetime,
+    guard: ConnectionGuard | None = None,
+) -> Accepted:
+    """PostgreSQL: record a verified delivery as waiting, with its sealed body, atomically.
+
+    One statement, so one round trip on an autocommit connection. The receipt's outcome is
+    :data:`WAITING` until :func:`record_translation` replaces it. Nothing is recorded, and
+    the answer says ``connection_changed``, when the connection is gone or no longer holds
+    ``guard``'s values; a repeated delivery id records nothing and says so.
+    """
+    row = db.execute(
+        _RECORD_WAITING_PG,
+        {
+            **_receipt_params(receipt, now),
+            "outcome": WAITING,
+            **_guard_params(guard),
+            "sealed": sealed,
+        },
+    ).one()
+    if not row[0]:
+        return Accepted(duplicate_delivery=False, connection_changed=True)
+    if row[1] is None:
+        return Accepted(duplicate_delivery=True)
+    return Accepted(duplicate_delivery=False, receipt_id=int(row[1]))
+
+
+def record_translation(
+    session: Session | DBConnection,
+    receipt_id: int,
+    receipt: ReceiptIn,
+    events: Sequence[CanonicalEvent],
+    *,
+    received_at: datetime,
+) -> Accepted:
+    """A waiting receipt's translation: its outcome, its events, and its body deleted.
+
+    In the caller's transaction, so the events and the body's deletion commit together: a
+    worker that dies midway leaves the body to translate again, never half its events.
+    Events keep the delivery's ``received_at`` as their creation time.
+    """
+    dialect = _dialect(session)
+    session.execute(
+        update(WebhookReceipt)
+        .where(WebhookReceipt.id == receipt_id)
+        .values(
+            outcome=receipt.outcome,
+            detail=receipt.detail,
+            order_ref=receipt.order_ref,
+            customer_ref=receipt.customer_ref,
+        )
+    )
+    session.execute(delete(WebhookBody).where(WebhookBody.receipt_id == receipt_id))
+    if not events:
+        return Accepted(duplicate_delivery=False, receipt_id=receipt_id)
+    new, refreshed = _record_events(session, dialect, receipt, events, received_at)
     return Accepted(
         duplicate_delivery=False,
-        receipt_id=int(receipt_row[0]),
+        receipt_id=receipt_id,
         new_events=new,
         refreshed_events=refreshed,
     )

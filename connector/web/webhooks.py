@@ -18,6 +18,7 @@ from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Engine, Text, bindparam, cast, select, type_coerce, update
 from sqlalchemy.orm import Session
 
+from connector import delivery, inbox
 from connector.crypto import keyring
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
 from connector.platform import (
@@ -41,8 +42,6 @@ from connector.web import get_runtime, storable
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
-
-_UNSTORABLE = "the store sent a body the database cannot keep"
 
 
 def parse_json(body: bytes) -> Any:
@@ -85,16 +84,16 @@ def receive(platform: str, connection_id: str | None = None) -> tuple[Response, 
         done = _receive_locked(call)
     if not isinstance(done, _Recorded):
         return done
-    accepted, delivery = done.accepted, done.delivery
-    status = "duplicate" if accepted.duplicate_delivery else delivery.outcome_name
+    accepted, recorded = done.accepted, done.delivery
+    status = "duplicate" if accepted.duplicate_delivery else recorded.outcome_name
     log.info(
         "webhook %s %s for %s: %s, %d new event(s)%s",
         platform,
         envelope.topic,
-        delivery.info.id,
+        recorded.info.id,
         status,
         len(accepted.new_events),
-        f" (skipped: {delivery.outcome.skipped})" if delivery.outcome.skipped else "",
+        f" (skipped: {recorded.outcome.skipped})" if recorded.outcome.skipped else "",
     )
     g.webhook_status = status
     return jsonify(status=status, new_events=len(accepted.new_events)), 200
@@ -169,22 +168,29 @@ def _receive_fast(call: _Call) -> _Done | None:
                 return None
         else:
             _verify(call, target)
-        delivery = _translate(call, target)
-        if delivery.outcome.action is not None:
-            return None
-        accepted = queries.record_delivery(
-            db,
-            delivery.receipt,
-            delivery.outcome.events,
-            now=call.now,
-            guard=target.guard,
-        )
+        waiting = _waiting(call, target)
+        if waiting is not None:
+            translated, sealed = waiting
+            accepted = queries.record_waiting_delivery(
+                db, translated.receipt, sealed, now=call.now, guard=target.guard
+            )
+        else:
+            translated = _translate(call, target)
+            if translated.outcome.action is not None:
+                return None
+            accepted = queries.record_delivery(
+                db,
+                translated.receipt,
+                translated.outcome.events,
+                now=call.now,
+                guard=target.guard,
+            )
     if accepted.connection_changed:
         cache.drop(call.key)
         return None
     if not cached:
         cache.put(call.key, target)
-    return _Recorded(accepted, delivery)
+    return _Recorded(accepted, translated)
 
 
 def _receive_locked(call: _Call) -> _Done:
@@ -209,12 +215,16 @@ def _receive_locked(call: _Call) -> _Done:
         ):
             return _unknown(call)
         _verify(call, target)
-        delivery = _translate(call, target)
+        translated = _translate(call, target)
         accepted = queries.record_delivery(
-            session, delivery.receipt, delivery.outcome.events, now=call.now
+            session, translated.receipt, translated.outcome.events, now=call.now
         )
-        action = delivery.outcome.action
+        action = translated.outcome.action
         if action is not None and not accepted.duplicate_delivery:
+            # Deliveries received before this one and still waiting for the worker are
+            # translated first, so an uninstall holds their events and a redaction or a
+            # data request sees them.
+            inbox.translate_connection(session, target.id)
             _apply_action(
                 session,
                 target,
@@ -223,7 +233,7 @@ def _receive_locked(call: _Call) -> _Done:
                 call.now,
                 triggered_at=envelope.triggered_at,
             )
-    return _Recorded(accepted, delivery)
+    return _Recorded(accepted, translated)
 
 
 def _unknown(call: _Call) -> tuple[Response, int]:
@@ -267,11 +277,8 @@ def _verify(call: _Call, target: _Target) -> None:
         raise
 
 
-def _translate(call: _Call, target: _Target) -> _Delivery:
-    """The verified body as an outcome and the receipt to record it with (pure)."""
-    adapter, envelope, req = call.adapter, call.envelope, call.req
-    payload = parse_json(req.body)
-    info = ConnectionInfo(
+def _info(target: _Target) -> ConnectionInfo:
+    return ConnectionInfo(
         id=target.id,
         platform=target.platform,
         store=target.store,
@@ -279,37 +286,65 @@ def _translate(call: _Call, target: _Target) -> _Delivery:
         # Test mode is having a test_event_code: a test order must never reach Meta as real.
         test_mode=bool(target.test_event_code),
     )
-    unusable = storable.text_problem(req.body, payload)
-    if unusable is None:
-        outcome = adapter.handle(envelope.topic, payload, info, call.now)
-    else:
-        outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
-    outcome_name = (
-        "accepted" if outcome.events else ("action" if outcome.action else "skipped")
+
+
+def _translate(call: _Call, target: _Target) -> _Delivery:
+    """The verified body as an outcome and the receipt to record it with (pure)."""
+    payload = parse_json(call.req.body)
+    info = _info(target)
+    done = delivery.translate(
+        call.adapter,
+        platform=call.platform,
+        info=info,
+        envelope=call.envelope,
+        body=call.req.body,
+        payload=payload,
+        now=call.now,
     )
+    return _Delivery(
+        info=info,
+        outcome=done.outcome,
+        outcome_name=done.outcome_name,
+        receipt=done.receipt,
+    )
+
+
+def _waiting(call: _Call, target: _Target) -> tuple[_Delivery, bytes] | None:
+    """The delivery as a waiting receipt and its sealed body, when the worker may translate it.
+
+    Only with ``CONNECTOR_WEBHOOK_TRANSLATION=worker``, for topics whose outcome is never an
+    action (the adapter says), and for a body that is JSON whose text the database can keep:
+    anything else is translated here as always. The body is parsed once here too, so that a
+    body that is not JSON is still refused at once, and for the delivery id.
+    """
+    if call.runtime.settings.webhook_translation != "worker":
+        return None
+    if not call.adapter.translation_can_wait(call.envelope.topic):
+        return None
+    body = call.req.body
+    payload = parse_json(body)
+    if storable.text_problem(body, payload) is not None:
+        return None
+    envelope = call.envelope
     receipt = queries.ReceiptIn(
         platform=call.platform,
         connection_id=target.id,
-        delivery_id=adapter.delivery_id(envelope, payload),
+        delivery_id=call.adapter.delivery_id(envelope, payload),
         topic=envelope.topic,
         event_ref=envelope.event_ref,
         api_version=envelope.api_version,
         triggered_at=envelope.triggered_at,
-        outcome=outcome_name,
-        detail=outcome.skipped,
-        order_ref=outcome.order_ref,
-        customer_ref=outcome.customer_ref,
+        outcome=queries.WAITING,
     )
-    unusable = storable.unfit(receipt, outcome.events)
-    if unusable is not None:
-        # Recorded, answered 200: a platform would only retry (Shopify) or count the
-        # failure towards disabling the webhook (WooCommerce) over a body it cannot fix.
-        outcome = Outcome(skipped=f"{_UNSTORABLE}: {unusable}")
-        outcome_name = "skipped"
-        receipt = storable.fitted(receipt, outcome.skipped or "")
-    return _Delivery(
-        info=info, outcome=outcome, outcome_name=outcome_name, receipt=receipt
+    if storable.unfit(receipt, ()) is not None:
+        return None
+    waiting = _Delivery(
+        info=_info(target),
+        outcome=Outcome(),
+        outcome_name=queries.WAITING,
+        receipt=receipt,
     )
+    return waiting, keyring.seal(body)
 
 
 @contextmanager

@@ -1,0 +1,80 @@
+"""A verified delivery's body, translated into what is recorded: one rule for both paths.
+
+The web request translates a delivery at once (``CONNECTOR_WEBHOOK_TRANSLATION=inline``), or
+the worker translates it later from its sealed body (``worker``, :mod:`connector.inbox`);
+both go through :func:`translate`, so a delivery makes the same receipt and the same events
+whichever way it went.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from connector.platform import Adapter, ConnectionInfo, Envelope, Outcome
+from connector.store import queries
+from connector.web import storable
+
+#: the reason recorded for a signed body whose text no column can keep
+UNSTORABLE = "the store sent a body the database cannot keep"
+
+
+@dataclass(frozen=True, slots=True)
+class Translated:
+    """What a delivery makes: its outcome and the receipt to record it with."""
+
+    outcome: Outcome
+    #: accepted (events) | action (lifecycle) | skipped (with a reason)
+    outcome_name: str
+    receipt: queries.ReceiptIn
+
+
+def translate(
+    adapter: Adapter,
+    *,
+    platform: str,
+    info: ConnectionInfo,
+    envelope: Envelope,
+    body: bytes,
+    payload: Any,
+    now: datetime,
+) -> Translated:
+    """The outcome of a verified, parsed delivery and its receipt (pure).
+
+    ``now`` is when the delivery was received. A body with text the database cannot keep
+    (:mod:`connector.web.storable`) is recorded as skipped with the reason, never refused:
+    a platform would only send it again.
+
+    Raises:
+        PayloadError: the adapter's: the body is not a payload this topic can carry.
+    """
+    unusable = storable.text_problem(body, payload)
+    if unusable is None:
+        outcome = adapter.handle(envelope.topic, payload, info, now)
+    else:
+        outcome = Outcome(skipped=f"{UNSTORABLE}: {unusable}")
+    outcome_name = (
+        "accepted" if outcome.events else ("action" if outcome.action else "skipped")
+    )
+    receipt = queries.ReceiptIn(
+        platform=platform,
+        connection_id=info.id,
+        delivery_id=adapter.delivery_id(envelope, payload),
+        topic=envelope.topic,
+        event_ref=envelope.event_ref,
+        api_version=envelope.api_version,
+        triggered_at=envelope.triggered_at,
+        outcome=outcome_name,
+        detail=outcome.skipped,
+        order_ref=outcome.order_ref,
+        customer_ref=outcome.customer_ref,
+    )
+    unusable = storable.unfit(receipt, outcome.events)
+    if unusable is not None:
+        # Recorded, answered 200: a platform would only retry (Shopify) or count the
+        # failure towards disabling the webhook (WooCommerce) over a body it cannot fix.
+        outcome = Outcome(skipped=f"{UNSTORABLE}: {unusable}")
+        outcome_name = "skipped"
+        receipt = storable.fitted(receipt, outcome.skipped or "")
+    return Translated(outcome=outcome, outcome_name=outcome_name, receipt=receipt)

@@ -1,0 +1,227 @@
+"""Deliveries waiting for the worker: their sealed bodies translated into outbox events.
+
+With ``CONNECTOR_WEBHOOK_TRANSLATION=worker`` (PostgreSQL), the web process verifies an order
+or checkout delivery, records its receipt as ``waiting`` with the body compressed and
+encrypted (``webhook_bodies``), answers 200, and leaves the translation to the worker:
+:func:`translate_waiting` runs in every worker loop. Each body is translated with the
+connection as it is then, its events recorded and the body deleted in one transaction, so
+the store's raw personal data is kept only until its events exist, and a worker that dies
+midway leaves the body to the next one.
+
+A body whose translation fails (a bug, a key removed from ``CONNECTOR_ENCRYPTION_KEYS``) is
+tried again later, up to :data:`MAX_ATTEMPTS` times; then its receipt says ``failed`` and
+why, and the body is deleted: the order sweep (:mod:`connector.sweep`) still finds the order
+at the store. Failures are logged by the exception's class, never with the body's content.
+
+Lifecycle deliveries (uninstall, redaction, data requests) are always handled in their
+request; before their action applies, :func:`translate_connection` translates what is still
+waiting for that connection, so an uninstall holds those events too and a redaction or data
+request sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from connector import delivery, jsoncodec
+from connector.crypto import keyring
+from connector.errors import PayloadError
+from connector.platform import ConnectionInfo, Envelope
+from connector.registry import get_adapter
+from connector.runtime import Runtime
+from connector.store import queries
+from connector.store.models import Connection, WebhookBody, WebhookReceipt, utcnow
+
+log = logging.getLogger(__name__)
+
+#: bodies one worker loop translates in one transaction
+BATCH = 200
+#: translations tried before a body is given up (its receipt then says ``failed``)
+MAX_ATTEMPTS = 5
+#: the wait after the first failure; it doubles after each one, up to RETRY_MAX
+RETRY_FIRST = timedelta(seconds=30)
+RETRY_MAX = timedelta(hours=1)
+
+_B, _R, _C = WebhookBody, WebhookReceipt, Connection
+_WAITING = (
+    select(
+        _B.receipt_id,
+        _B.sealed,
+        _B.attempts,
+        _R.platform,
+        _R.connection_id,
+        _R.delivery_id,
+        _R.topic,
+        _R.event_ref,
+        _R.api_version,
+        _R.triggered_at,
+        _R.received_at,
+        _C.store,
+        _C.settings,
+        _C.test_event_code,
+    )
+    .join(_R, _R.id == _B.receipt_id)
+    .join(_C, _C.id == _R.connection_id)
+    .order_by(_B.receipt_id)
+)
+
+
+def translate_waiting(
+    runtime: Runtime, *, limit: int = BATCH, now: datetime | None = None
+) -> int:
+    """Translate up to ``limit`` waiting bodies that are due, oldest first; how many were.
+
+    One transaction; ``SKIP LOCKED`` on PostgreSQL, so workers running side by side take
+    different bodies. A body that fails counts as handled (it waits for a later try).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database failed; nothing of this batch is kept.
+    """
+    now = now or utcnow()
+    with runtime.sessions.begin() as session:
+        rows = session.execute(
+            _WAITING.where(_B.available_at <= now)
+            .limit(limit)
+            .with_for_update(of=_B, skip_locked=True)
+        ).all()
+        for row in rows:
+            _translate(session, row, now)
+    return len(rows)
+
+
+def translate_connection(session: Session, connection_id: str) -> int:
+    """Translate every body still waiting for one connection, in the caller's transaction.
+
+    Waits for a worker translating one of them meanwhile (no ``SKIP LOCKED``), so that what
+    the caller does next (an uninstall, a redaction) sees every event those bodies make.
+    """
+    rows = session.execute(
+        _WAITING.where(_R.connection_id == connection_id).with_for_update(of=_B)
+    ).all()
+    now = utcnow()
+    for row in rows:
+        _translate(session, row, now)
+    return len(rows)
+
+
+def waiting_count(session: Session) -> int:
+    """Bodies waiting for the worker."""
+    return int(session.scalar(select(func.count()).select_from(_B)) or 0)
+
+
+def _translate(session: Session, row: Any, now: datetime) -> None:
+    """One body: its events recorded and the body deleted, or the failure recorded."""
+    try:
+        with session.begin_nested():
+            receipt, events = _translation(row)
+            queries.record_translation(
+                session, row.receipt_id, receipt, events, received_at=row.received_at
+            )
+    except Exception as exc:  # any failure: try again later, never lose the delivery
+        _failed(session, row, exc, now)
+
+
+def _translation(row: Any) -> tuple[queries.ReceiptIn, tuple[Any, ...]]:
+    adapter = get_adapter(row.platform)
+    info = ConnectionInfo(
+        id=row.connection_id,
+        platform=row.platform,
+        store=row.store,
+        settings=dict(row.settings or {}),
+        # Test mode is having a test_event_code: a test order must never reach Meta as real.
+        test_mode=bool(row.test_event_code),
+    )
+    envelope = Envelope(
+        topic=row.topic,
+        delivery_id=row.delivery_id,
+        store=row.store,
+        event_ref=row.event_ref,
+        api_version=row.api_version,
+        triggered_at=row.triggered_at,
+    )
+    body = keyring.unseal(row.sealed)
+    base = queries.ReceiptIn(
+        platform=row.platform,
+        connection_id=row.connection_id,
+        delivery_id=row.delivery_id,
+        topic=row.topic,
+        event_ref=row.event_ref,
+        api_version=row.api_version,
+        triggered_at=row.triggered_at,
+    )
+    try:
+        payload = jsoncodec.loads(body)
+        done = delivery.translate(
+            adapter,
+            platform=row.platform,
+            info=info,
+            envelope=envelope,
+            body=body,
+            payload=payload,
+            now=row.received_at,
+        )
+    except PayloadError as exc:
+        # Answered 200 already: recorded with the reason, as WooCommerce's are in a request.
+        return replace(
+            base,
+            outcome="skipped",
+            detail=f"the store sent a body no event can be made from: {exc.detail}"[
+                :500
+            ],
+        ), ()
+    if done.outcome.action is not None:
+        # The adapter said this topic never makes one (translation_can_wait).
+        return replace(
+            base,
+            outcome="skipped",
+            detail="a lifecycle action cannot wait for the worker; it was not applied",
+        ), ()
+    # The delivery id stays the one the receipt was recorded under.
+    return replace(done.receipt, delivery_id=row.delivery_id), tuple(
+        done.outcome.events
+    )
+
+
+def _failed(session: Session, row: Any, exc: Exception, now: datetime) -> None:
+    attempts = row.attempts + 1
+    kind = type(exc).__name__
+    if attempts >= MAX_ATTEMPTS:
+        log.error(
+            "webhook receipt %s: translation failed %d times (%s); its body is deleted",
+            row.receipt_id,
+            attempts,
+            kind,
+        )
+        session.execute(
+            update(_R)
+            .where(_R.id == row.receipt_id)
+            .values(
+                outcome="failed",
+                detail=(
+                    f"translation failed {attempts} times ({kind}); the body was deleted"
+                    " and the order sweep finds the order at the store"
+                ),
+            )
+        )
+        session.execute(delete(_B).where(_B.receipt_id == row.receipt_id))
+        return
+    wait = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
+    log.warning(
+        "webhook receipt %s: translation failed (%s), try %d of %d again in %d s",
+        row.receipt_id,
+        kind,
+        attempts,
+        MAX_ATTEMPTS,
+        wait.total_seconds(),
+    )
+    session.execute(
+        update(_B)
+        .where(_B.receipt_id == row.receipt_id)
+        .values(attempts=attempts, last_error=kind, available_at=now + wait)
+    )
