@@ -121,12 +121,13 @@ class KeyRing:
             ) from exc
 
     def seal(self, data: bytes) -> bytes:
-        """``data`` compressed (zlib) and encrypted under the first key: a Fernet token.
+        """``data`` compressed (zlib) and encrypted under the first key: a Fernet token's bytes.
 
         For bodies kept only until the worker has read them (:mod:`connector.inbox`): they
         hold personal data, and compressing first keeps a 28 kB order near 6 kB at rest.
         """
-        return self.fernet.encrypt(zlib.compress(data, 1))
+        # The token's bytes, not its base64 text: a quarter smaller at rest.
+        return base64.urlsafe_b64decode(self.fernet.encrypt(zlib.compress(data, 1)))
 
     def unseal(self, token: bytes) -> bytes:
         """What :meth:`seal` sealed, decrypted with any configured key.
@@ -135,7 +136,8 @@ class KeyRing:
             CryptoError: no configured key opens it, or it is not a sealed body.
         """
         try:
-            return zlib.decompress(self.fernet.decrypt(bytes(token)))
+            text = base64.urlsafe_b64encode(bytes(token))
+            return zlib.decompress(self.fernet.decrypt(text))
         except (InvalidToken, zlib.error) as exc:
             raise CryptoError(
                 "a sealed body cannot be opened with any configured key"

@@ -18,7 +18,7 @@ from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Engine, Text, bindparam, cast, select, type_coerce, update
 from sqlalchemy.orm import Session
 
-from connector import delivery, inbox
+from connector import delivery, inbox, jsoncodec
 from connector.crypto import keyring
 from connector.errors import PayloadError, SignatureError, UnknownConnectionError
 from connector.platform import (
@@ -51,7 +51,9 @@ def parse_json(body: bytes) -> Any:
     is then recorded as unusable (see :mod:`connector.web.storable`), not refused.
     """
     try:
-        return json.loads(body)
+        # orjson where it reads the same values as the standard library, which takes over
+        # where it does not (see connector.jsoncodec): several times faster on a 28 kB order.
+        return jsoncodec.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError("the body is not valid JSON") from exc
     except (
