@@ -98,3 +98,17 @@ def on_exit(server: object) -> None:
     made = _made_metrics_dir.get("path")
     if made:
         shutil.rmtree(made, ignore_errors=True)
+
+
+def post_worker_init(worker: object) -> None:
+    """Once a worker has loaded the app, its objects leave the garbage collector's sight.
+
+    The app's modules, routes, SQLAlchemy tables and phone metadata are about 100,000
+    objects that live as long as the worker; a full collection walked all of them, about
+    50 ms during which no request moved. ``gc.freeze()`` puts them in the permanent
+    generation (https://docs.python.org/3/library/gc.html#gc.freeze), so a collection only
+    walks what requests made since.
+    """
+    import gc
+
+    gc.freeze()

@@ -23,14 +23,21 @@ from sqlalchemy.exc import SQLAlchemyError
 from connector import __version__, logs
 from connector.config import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, load_settings
 from connector.crypto import generate_key, keyring
-from connector.errors import ConnectorError, GraphError
+from connector.errors import ConnectorError, CryptoError, GraphError
 from connector.events import PURCHASE, CanonicalEvent, CustomData, UserData
 from connector.registry import get_adapter
 from connector.retry import check_event_time
 from connector.runtime import Runtime
 from connector.store import queries
 from connector.store.dashboard import set_test_event_code
-from connector.store.models import Connection, ConnectionStatus, Event, EventStatus
+from connector.store.models import (
+    Connection,
+    ConnectionStatus,
+    Event,
+    EventStatus,
+    WebhookBody,
+    WebhookReceipt,
+)
 
 log = logging.getLogger("connector")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -565,6 +572,54 @@ def keys_rotate(ctx: click.Context, batch_size: int) -> None:
                     rotated += int(result.rowcount or 0)  # type: ignore[attr-defined]
             last_id = rows[-1].id
     click.echo(f"re-encrypted {rotated} secret(s) with the newest key")
+    resealed, unreadable = _reseal_waiting_bodies(runtime, batch_size)
+    if resealed or unreadable:
+        click.echo(
+            f"re-sealed {resealed} webhook body(ies) waiting for the worker"
+            + (f"; {unreadable} no configured key opens" if unreadable else "")
+        )
+
+
+def _reseal_waiting_bodies(runtime: Runtime, batch_size: int) -> tuple[int, int]:
+    """Webhook bodies still waiting for the worker, sealed again under the newest key."""
+    from connector import inbox
+
+    body, receipt = WebhookBody, WebhookReceipt
+    resealed = unreadable = 0
+    last = 0
+    while True:
+        with runtime.sessions.begin() as session:
+            rows = session.execute(
+                select(
+                    body.receipt_id,
+                    body.sealed,
+                    receipt.connection_id,
+                    receipt.delivery_id,
+                )
+                .join(receipt, receipt.id == body.receipt_id)
+                .where(body.receipt_id > last)
+                .order_by(body.receipt_id)
+                .limit(batch_size)
+                # a body the worker is translating now is gone when it commits
+                .with_for_update(of=body, skip_locked=True)
+            ).all()
+            if not rows:
+                return resealed, unreadable
+            for row in rows:
+                context = inbox.body_context(row.connection_id, row.delivery_id)
+                try:
+                    new = keyring.reseal(row.sealed, context)
+                except CryptoError:
+                    unreadable += 1
+                    continue
+                if new != bytes(row.sealed):
+                    session.execute(
+                        update(body)
+                        .where(body.receipt_id == row.receipt_id)
+                        .values(sealed=new)
+                    )
+                    resealed += 1
+            last = rows[-1].receipt_id
 
 
 def _connection_or_fail(ctx: click.Context, connection_id: str) -> Connection:

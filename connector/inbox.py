@@ -72,6 +72,11 @@ _WAITING = (
 )
 
 
+def body_context(connection_id: str, delivery_id: str) -> bytes:
+    """What a body is sealed to (:meth:`connector.crypto.KeyRing.seal`): its delivery."""
+    return f"{connection_id}\n{delivery_id}".encode("utf-8", "surrogatepass")
+
+
 def translate_waiting(
     runtime: Runtime, *, limit: int = BATCH, now: datetime | None = None
 ) -> int:
@@ -145,7 +150,7 @@ def _translation(row: Any) -> tuple[queries.ReceiptIn, tuple[Any, ...]]:
         api_version=row.api_version,
         triggered_at=row.triggered_at,
     )
-    body = keyring.unseal(row.sealed)
+    body = keyring.unseal(row.sealed, body_context(row.connection_id, row.delivery_id))
     base = queries.ReceiptIn(
         platform=row.platform,
         connection_id=row.connection_id,

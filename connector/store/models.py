@@ -171,7 +171,7 @@ class WebhookBody(Base):
         primary_key=True,
         autoincrement=False,
     )
-    #: zlib-compressed body, Fernet-sealed (connector.crypto.KeyRing.seal)
+    #: the body, compressed and encrypted to its delivery (connector.crypto.KeyRing.seal)
     sealed: Mapped[bytes] = mapped_column(LargeBinary)
     #: failed translations so far; the worker waits longer after each
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -346,7 +346,9 @@ def _waiting(call: _Call, target: _Target) -> tuple[_Delivery, bytes] | None:
         outcome_name=queries.WAITING,
         receipt=receipt,
     )
-    return waiting, keyring.seal(body)
+    return waiting, keyring.seal(
+        body, inbox.body_context(target.id, receipt.delivery_id)
+    )
 
 
 @contextmanager

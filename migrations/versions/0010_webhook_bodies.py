@@ -47,7 +47,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("receipt_id", name="pk_webhook_bodies"),
     )
     if op.get_bind().dialect.name == "postgresql":
-        # A sealed body (about 6 kB for a 28 kB order) is encrypted, so compressing it again
+        # A sealed body (under 5 kB for a 28 kB order) is encrypted, so compressing it again
         # gains nothing: it is stored as is (EXTERNAL), and in the row itself while the row
         # fits a page, instead of in TOAST chunks that cost an index entry each.
         op.execute(
