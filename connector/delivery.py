@@ -12,12 +12,32 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from connector import jsoncodec
+from connector.errors import PayloadError
 from connector.platform import Adapter, ConnectionInfo, Envelope, Outcome
 from connector.store import queries
 from connector.web import storable
 
 #: the reason recorded for a signed body whose text no column can keep
 UNSTORABLE = "the store sent a body the database cannot keep"
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or PayloadError (a request answers it 400).
+
+    Text the database cannot keep (raw or escaped surrogates, NUL) parses here; the delivery
+    is then recorded as unusable (see :mod:`connector.web.storable`), not refused.
+    """
+    try:
+        # orjson where it reads the same values as the standard library, which takes over
+        # where it does not (see connector.jsoncodec): several times faster on a 28 kB order.
+        return jsoncodec.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PayloadError("the body is not valid JSON") from exc
+    except (
+        RecursionError
+    ) as exc:  # thousands of nested brackets: no platform sends that
+        raise PayloadError("the body is nested too deeply") from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from connector import delivery, jsoncodec
+from connector import delivery
 from connector.crypto import keyring
 from connector.errors import PayloadError
 from connector.platform import ConnectionInfo, Envelope
@@ -161,7 +161,7 @@ def _translation(row: Any) -> tuple[queries.ReceiptIn, tuple[Any, ...]]:
         triggered_at=row.triggered_at,
     )
     try:
-        payload = jsoncodec.loads(body)
+        payload = delivery.parse_json(body)
         done = delivery.translate(
             adapter,
             platform=row.platform,

@@ -147,6 +147,9 @@ class Adapter(Protocol):
     def delivery_id(self, envelope: Envelope, payload: Mapping[str, Any]) -> str:
         """The key that makes a redelivery of the same delivery a no-op."""
 
+    def envelope_delivery_id(self, envelope: Envelope) -> str | None:
+        """:meth:`delivery_id` when the headers alone give it, else None (it is in the body)."""
+
     def accepts_unknown_store(self, topic: str) -> bool:
         """True when a delivery for an unknown or uninstalled store still gets 200."""
 

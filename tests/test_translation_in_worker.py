@@ -168,11 +168,29 @@ def test_a_repeated_delivery_is_a_duplicate_and_waits_once(
 
 
 @pytest.mark.usefixtures("postgres_only", "shop")
-def test_a_body_that_is_not_json_is_still_refused_in_its_request(
-    runtime: Runtime, post: Post
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        pytest.param(b"{not json", "not valid JSON", id="not-json"),
+        pytest.param(
+            order_bytes(id=1001, note="\ud800 lone"),  # json.dumps escapes it
+            "cannot keep",
+            id="lone-surrogate",
+        ),
+    ],
+)
+def test_an_unusable_signed_body_is_recorded_with_its_reason(
+    runtime: Runtime, post: Post, body: bytes, reason: str
 ) -> None:
-    assert 400 == post("orders/paid", b"{not json").status_code
-    assert ([], []) == (receipts(runtime), bodies(runtime))
+    """Signed, so answered 200; the worker records it as skipped and why, and keeps nothing."""
+    assert {"status": "waiting", "new_events": 0} == post(
+        "orders/paid", body
+    ).get_json()
+    assert 1 == inbox.translate_waiting(runtime)
+    [receipt] = receipts(runtime)
+    assert "skipped" == receipt.outcome
+    assert reason in (receipt.detail or "")
+    assert ([], []) == (events(runtime), bodies(runtime))
 
 
 @pytest.mark.usefixtures("postgres_only", "shop")

@@ -66,6 +66,10 @@ class ShopifyAdapter:
             raise ValueError("the envelope has no delivery id")
         return envelope.delivery_id
 
+    def envelope_delivery_id(self, envelope: Envelope) -> str | None:
+        """``X-Shopify-Webhook-Id``, as :meth:`delivery_id`: the body is not needed."""
+        return envelope.delivery_id
+
     def accepts_unknown_store(self, topic: str) -> bool:
         """Uninstall and compliance deliveries are honoured after the app is gone."""
         return topic in topics.LIFECYCLE_TOPICS

@@ -91,6 +91,10 @@ class WooCommerceAdapter:
         """The order, its state and a digest of the content: a redelivery is a no-op."""
         return translate.delivery_key(payload)
 
+    def envelope_delivery_id(self, envelope: Envelope) -> str | None:
+        """None: the key is made from the order in the body (see :meth:`delivery_id`)."""
+        return None
+
     def accepts_unknown_store(self, topic: str) -> bool:
         """False: a delivery for a connection we do not have is refused."""
         return False

@@ -18,9 +18,9 @@ from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Engine, Text, bindparam, cast, select, type_coerce, update
 from sqlalchemy.orm import Session
 
-from connector import delivery, inbox, jsoncodec
+from connector import delivery, inbox
 from connector.crypto import keyring
-from connector.errors import PayloadError, SignatureError, UnknownConnectionError
+from connector.errors import SignatureError, UnknownConnectionError
 from connector.platform import (
     Action,
     Adapter,
@@ -42,24 +42,6 @@ from connector.web import get_runtime, storable
 
 log = logging.getLogger(__name__)
 bp = Blueprint("webhooks", __name__)
-
-
-def parse_json(body: bytes) -> Any:
-    """The body as JSON, or PayloadError (400).
-
-    Text the database cannot keep (raw or escaped surrogates, NUL) parses here; the delivery
-    is then recorded as unusable (see :mod:`connector.web.storable`), not refused.
-    """
-    try:
-        # orjson where it reads the same values as the standard library, which takes over
-        # where it does not (see connector.jsoncodec): several times faster on a 28 kB order.
-        return jsoncodec.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PayloadError("the body is not valid JSON") from exc
-    except (
-        RecursionError
-    ) as exc:  # thousands of nested brackets: no platform sends that
-        raise PayloadError("the body is nested too deeply") from exc
 
 
 @bp.post("/webhooks/<platform>")
@@ -292,7 +274,7 @@ def _info(target: _Target) -> ConnectionInfo:
 
 def _translate(call: _Call, target: _Target) -> _Delivery:
     """The verified body as an outcome and the receipt to record it with (pure)."""
-    payload = parse_json(call.req.body)
+    payload = delivery.parse_json(call.req.body)
     info = _info(target)
     done = delivery.translate(
         call.adapter,
@@ -314,24 +296,28 @@ def _translate(call: _Call, target: _Target) -> _Delivery:
 def _waiting(call: _Call, target: _Target) -> tuple[_Delivery, bytes] | None:
     """The delivery as a waiting receipt and its sealed body, when the worker may translate it.
 
-    Only with ``CONNECTOR_WEBHOOK_TRANSLATION=worker``, for topics whose outcome is never an
-    action (the adapter says), and for a body that is JSON whose text the database can keep:
-    anything else is translated here as always. The body is parsed once here too, so that a
-    body that is not JSON is still refused at once, and for the delivery id.
+    Only with ``CONNECTOR_WEBHOOK_TRANSLATION=worker``, and for topics whose outcome is never
+    an action (the adapter says): anything else is translated here as always. The body is
+    read here only when the delivery's key is in it (WooCommerce); otherwise the worker reads
+    it, and records a body that is not JSON, or holds text no column keeps, as skipped with
+    the reason, as the request records the latter.
     """
     if call.runtime.settings.webhook_translation != "worker":
         return None
     if not call.adapter.translation_can_wait(call.envelope.topic):
         return None
-    body = call.req.body
-    payload = parse_json(body)
-    if storable.text_problem(body, payload) is not None:
-        return None
-    envelope = call.envelope
+    body, envelope = call.req.body, call.envelope
+    delivery_id = call.adapter.envelope_delivery_id(envelope)
+    if delivery_id is None:
+        # The key is in the body (WooCommerce): read it now.
+        payload = delivery.parse_json(body)
+        if storable.text_problem(body, payload) is not None:
+            return None
+        delivery_id = call.adapter.delivery_id(envelope, payload)
     receipt = queries.ReceiptIn(
         platform=call.platform,
         connection_id=target.id,
-        delivery_id=call.adapter.delivery_id(envelope, payload),
+        delivery_id=delivery_id,
         topic=envelope.topic,
         event_ref=envelope.event_ref,
         api_version=envelope.api_version,
