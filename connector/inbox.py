@@ -24,9 +24,10 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 from connector import delivery
@@ -48,27 +49,30 @@ MAX_ATTEMPTS = 5
 RETRY_FIRST = timedelta(seconds=30)
 RETRY_MAX = timedelta(hours=1)
 
-_B, _R, _C = WebhookBody, WebhookReceipt, Connection
+# Core tables, not ORM entities: the worker's statements skip the ORM's bookkeeping.
+_B = cast(Table, WebhookBody.__table__)
+_R = cast(Table, WebhookReceipt.__table__)
+_C = cast(Table, Connection.__table__)
 _WAITING = (
     select(
-        _B.receipt_id,
-        _B.sealed,
-        _B.attempts,
-        _R.platform,
-        _R.connection_id,
-        _R.delivery_id,
-        _R.topic,
-        _R.event_ref,
-        _R.api_version,
-        _R.triggered_at,
-        _R.received_at,
-        _C.store,
-        _C.settings,
-        _C.test_event_code,
+        _B.c.receipt_id,
+        _B.c.sealed,
+        _B.c.attempts,
+        _R.c.platform,
+        _R.c.connection_id,
+        _R.c.delivery_id,
+        _R.c.topic,
+        _R.c.event_ref,
+        _R.c.api_version,
+        _R.c.triggered_at,
+        _R.c.received_at,
+        _C.c.store,
+        _C.c.settings,
+        _C.c.test_event_code,
     )
-    .join(_R, _R.id == _B.receipt_id)
-    .join(_C, _C.id == _R.connection_id)
-    .order_by(_B.receipt_id)
+    .join(_R, _R.c.id == _B.c.receipt_id)
+    .join(_C, _C.c.id == _R.c.connection_id)
+    .order_by(_B.c.receipt_id)
 )
 
 
@@ -83,20 +87,33 @@ def translate_waiting(
     """Translate up to ``limit`` waiting bodies that are due, oldest first; how many were.
 
     One transaction; ``SKIP LOCKED`` on PostgreSQL, so workers running side by side take
-    different bodies. A body that fails counts as handled (it waits for a later try).
+    different bodies. A body that fails counts as handled (it waits for a later try). The
+    batch is written without a savepoint per body; should the database refuse one body's
+    writes, the batch is rolled back and taken again body by body, each in its own
+    savepoint, so that one body cannot hold back the others.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing of this batch is kept.
     """
     now = now or utcnow()
+    try:
+        return _translate_batch(runtime, limit, now, isolated=False)
+    except (DBAPIError, StatementError):
+        log.warning("a webhook body's writes were refused; translating one by one")
+        return _translate_batch(runtime, limit, now, isolated=True)
+
+
+def _translate_batch(
+    runtime: Runtime, limit: int, now: datetime, *, isolated: bool
+) -> int:
     with runtime.sessions.begin() as session:
         rows = session.execute(
-            _WAITING.where(_B.available_at <= now)
+            _WAITING.where(_B.c.available_at <= now)
             .limit(limit)
             .with_for_update(of=_B, skip_locked=True)
         ).all()
         for row in rows:
-            _translate(session, row, now)
+            _translate(session, row, now, isolated=isolated)
     return len(rows)
 
 
@@ -107,7 +124,7 @@ def translate_connection(session: Session, connection_id: str) -> int:
     the caller does next (an uninstall, a redaction) sees every event those bodies make.
     """
     rows = session.execute(
-        _WAITING.where(_R.connection_id == connection_id).with_for_update(of=_B)
+        _WAITING.where(_R.c.connection_id == connection_id).with_for_update(of=_B)
     ).all()
     now = utcnow()
     for row in rows:
@@ -120,8 +137,28 @@ def waiting_count(session: Session) -> int:
     return int(session.scalar(select(func.count()).select_from(_B)) or 0)
 
 
-def _translate(session: Session, row: Any, now: datetime) -> None:
-    """One body: its events recorded and the body deleted, or the failure recorded."""
+def _translate(
+    session: Session, row: Any, now: datetime, *, isolated: bool = True
+) -> None:
+    """One body: its events recorded and the body deleted, or the failure recorded.
+
+    A failure of the translation itself (before anything is written) is recorded either
+    way. ``isolated`` puts the writes in a savepoint, so that a write the database refuses
+    is recorded as this body's failure; without it, that error ends the caller's
+    transaction (see :func:`translate_waiting`).
+    """
+    if not isolated:
+        try:
+            receipt, events = _translation(row)
+        except (
+            Exception
+        ) as exc:  # any failure: try again later, never lose the delivery
+            _failed(session, row, exc, now)
+            return
+        queries.record_translation(
+            session, row.receipt_id, receipt, events, received_at=row.received_at
+        )
+        return
     try:
         with session.begin_nested():
             receipt, events = _translation(row)
@@ -205,7 +242,7 @@ def _failed(session: Session, row: Any, exc: Exception, now: datetime) -> None:
         )
         session.execute(
             update(_R)
-            .where(_R.id == row.receipt_id)
+            .where(_R.c.id == row.receipt_id)
             .values(
                 outcome="failed",
                 detail=(
@@ -214,7 +251,7 @@ def _failed(session: Session, row: Any, exc: Exception, now: datetime) -> None:
                 ),
             )
         )
-        session.execute(delete(_B).where(_B.receipt_id == row.receipt_id))
+        session.execute(delete(_B).where(_B.c.receipt_id == row.receipt_id))
         return
     wait = min(RETRY_FIRST * 2 ** (attempts - 1), RETRY_MAX)
     log.warning(
@@ -227,6 +264,6 @@ def _failed(session: Session, row: Any, exc: Exception, now: datetime) -> None:
     )
     session.execute(
         update(_B)
-        .where(_B.receipt_id == row.receipt_id)
+        .where(_B.c.receipt_id == row.receipt_id)
         .values(attempts=attempts, last_error=kind, available_at=now + wait)
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.exc import DataError
 
 from connector import dispatcher, inbox
 from connector.config import Settings
@@ -367,3 +368,30 @@ def test_the_setting_takes_inline_or_worker_only(
     )
     with pytest.raises(ConfigError, match="CONNECTOR_WEBHOOK_TRANSLATION"):
         Settings.from_env({**base, "CONNECTOR_WEBHOOK_TRANSLATION": "later"})
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_a_write_the_database_refuses_sets_back_only_its_own_body(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch is taken again body by body: the others are translated, this one waits."""
+    post("orders/paid", order_bytes(id=1001))
+    post("orders/paid", order_bytes(id=1002))
+    with runtime.sessions() as session:
+        refused = min(session.scalars(select(WebhookBody.receipt_id)))
+    record = queries.record_translation
+
+    def refuse_one(session: Any, receipt_id: int, *args: Any, **kwargs: Any) -> Any:
+        if receipt_id == refused:
+            raise DataError("UPDATE webhook_receipts ...", {}, ValueError("refused"))
+        return record(session, receipt_id, *args, **kwargs)
+
+    monkeypatch.setattr(queries, "record_translation", refuse_one)
+    assert 2 == inbox.translate_waiting(runtime)
+    assert ["1002"] == [e.order_ref for e in events(runtime)]
+    [left] = bodies(runtime)
+    assert (refused, 1, "DataError") == (
+        left.receipt_id,
+        left.attempts,
+        left.last_error,
+    )

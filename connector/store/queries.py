@@ -592,6 +592,16 @@ def record_waiting_delivery(
     return Accepted(duplicate_delivery=False, receipt_id=int(row[1]))
 
 
+_TRANSLATED_PG = text(
+    """
+    WITH gone AS (DELETE FROM webhook_bodies WHERE receipt_id = :receipt_id)
+    UPDATE webhook_receipts SET outcome = :outcome, detail = :detail,
+        order_ref = :order_ref, customer_ref = :customer_ref
+    WHERE id = :receipt_id
+    """
+)
+
+
 def record_translation(
     session: Session | DBConnection,
     receipt_id: int,
@@ -607,17 +617,22 @@ def record_translation(
     Events keep the delivery's ``received_at`` as their creation time.
     """
     dialect = _dialect(session)
-    session.execute(
-        update(WebhookReceipt)
-        .where(WebhookReceipt.id == receipt_id)
-        .values(
-            outcome=receipt.outcome,
-            detail=receipt.detail,
-            order_ref=receipt.order_ref,
-            customer_ref=receipt.customer_ref,
+    receipts = cast(Table, WebhookReceipt.__table__)
+    bodies = cast(Table, WebhookBody.__table__)
+    outcome = {
+        "outcome": receipt.outcome,
+        "detail": receipt.detail,
+        "order_ref": receipt.order_ref,
+        "customer_ref": receipt.customer_ref,
+    }
+    if dialect == "postgresql":
+        # One round trip: the body goes in the statement that records the outcome.
+        session.execute(_TRANSLATED_PG, {"receipt_id": receipt_id, **outcome})
+    else:
+        session.execute(
+            update(receipts).where(receipts.c.id == receipt_id).values(**outcome)
         )
-    )
-    session.execute(delete(WebhookBody).where(WebhookBody.receipt_id == receipt_id))
+        session.execute(delete(bodies).where(bodies.c.receipt_id == receipt_id))
     if not events:
         return Accepted(duplicate_delivery=False, receipt_id=receipt_id)
     new, refreshed = _record_events(session, dialect, receipt, events, received_at)
