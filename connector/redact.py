@@ -74,6 +74,8 @@ def _blank(m: re.Match[str]) -> str:
 def redact_query(text: str) -> str:
     """``text`` with the values of :data:`SECRET_PARAMS` replaced, wherever they appear,
     however the parameter's name is percent-encoded (``%74oken=``, ``t%6Fken=``)."""
+    if "=" not in text:  # no parameter at all: most header and environ values
+        return text
     return _PARAM.sub(_blank, text)
 
 
