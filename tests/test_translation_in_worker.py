@@ -395,3 +395,36 @@ def test_a_write_the_database_refuses_sets_back_only_its_own_body(
         left.attempts,
         left.last_error,
     )
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_metrics_say_how_many_bodies_wait_and_for_how_long(
+    runtime: Runtime, post: Post
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def gauges() -> dict[str, float]:
+        client = create_app(runtime=runtime).test_client()
+        text = client.get("/metrics").get_data(as_text=True)
+        return {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name.startswith("connector_webhook_bodies")
+        }
+
+    assert {
+        "connector_webhook_bodies_waiting": 0,
+        "connector_webhook_bodies_oldest_seconds": 0,
+    } == gauges()
+    post("orders/paid", order_bytes(id=1001))
+    post("orders/paid", order_bytes(id=1002))
+    with runtime.sessions.begin() as session:
+        session.execute(
+            update(WebhookReceipt).values(received_at=utcnow() - timedelta(minutes=10))
+        )
+    seen = gauges()
+    assert 2 == seen["connector_webhook_bodies_waiting"]
+    assert 600 <= seen["connector_webhook_bodies_oldest_seconds"] < 900
+    inbox.translate_waiting(runtime)
+    assert 0 == gauges()["connector_webhook_bodies_waiting"]

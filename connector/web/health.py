@@ -17,7 +17,13 @@ from connector import metrics as connector_metrics
 from connector.config import Settings
 from connector.errors import NotFoundError
 from connector.metrics import CONTENT_TYPE_LATEST, GaugeMetricFamily, Metric
-from connector.store.models import Connection, Event, EventStatus
+from connector.store.models import (
+    Connection,
+    Event,
+    EventStatus,
+    WebhookBody,
+    WebhookReceipt,
+)
 from connector.store.queries import worker_liveness
 from connector.web import get_runtime
 from connector.web.login_throttle import LoginThrottle
@@ -168,6 +174,31 @@ class OutboxCollector:
             [], max(0.0, (self.now - oldest).total_seconds()) if oldest else 0.0
         )
         yield age
+        # Deliveries left for the worker to translate (CONNECTOR_WEBHOOK_TRANSLATION=worker).
+        capped_bodies = select(WebhookBody.receipt_id).limit(COUNT_CAP).subquery()
+        waiting = GaugeMetricFamily(
+            "connector_webhook_bodies_waiting",
+            "Webhook deliveries recorded and waiting for a worker to translate them, "
+            f"counted up to {COUNT_CAP}.",
+        )
+        waiting.add_metric(
+            [],
+            self.session.scalar(select(func.count()).select_from(capped_bodies)) or 0,
+        )
+        yield waiting
+        first = self.session.scalar(
+            select(func.min(WebhookReceipt.received_at)).join(
+                WebhookBody, WebhookBody.receipt_id == WebhookReceipt.id
+            )
+        )
+        waited = GaugeMetricFamily(
+            "connector_webhook_bodies_oldest_seconds",
+            "How long the oldest delivery waiting for translation has waited (0: none).",
+        )
+        waited.add_metric(
+            [], max(0.0, (self.now - first).total_seconds()) if first else 0.0
+        )
+        yield waited
         conns = GaugeMetricFamily(
             "connector_connections", "Connections by status.", labels=["status"]
         )
