@@ -480,7 +480,7 @@ def combined(results: list[Result]) -> Result:
 def report(name: str, result: Result) -> None:
     cpu = result.cpu_seconds / result.seconds
     print(
-        f"{name:<12}{result.rate:>9.0f}{result.percentile(50):>9.1f}"
+        f"{name:<38}{result.rate:>9.0f}{result.percentile(50):>9.1f}"
         f"{result.percentile(99):>9.1f}{result.requests:>9}{cpu:>10.0%}  "
         f"{dict(sorted(result.statuses.items()))}"
     )
