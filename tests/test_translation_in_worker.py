@@ -428,3 +428,43 @@ def test_metrics_say_how_many_bodies_wait_and_for_how_long(
     assert 600 <= seen["connector_webhook_bodies_oldest_seconds"] < 900
     inbox.translate_waiting(runtime)
     assert 0 == gauges()["connector_webhook_bodies_waiting"]
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_an_uninstall_while_a_worker_translates_that_store_waits_without_a_deadlock(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker holds the body and needs the store's key-share lock for its events; the
+    uninstall waits for the body before it locks the store, so both finish, neither aborted."""
+    post("orders/paid", order_bytes(id=1001))
+    locked, go = threading.Event(), threading.Event()
+    translation = inbox._translation
+
+    def slow(row: Any) -> Any:
+        locked.set()
+        go.wait(timeout=20)
+        return translation(row)
+
+    monkeypatch.setattr(inbox, "_translation", slow)
+    done: dict[str, Any] = {}
+
+    def worker_batch() -> None:
+        done["translated"] = inbox.translate_waiting(runtime)
+
+    def uninstall() -> None:
+        body = fixture_bytes("shopify/app_uninstalled.json")
+        done["uninstall"] = post("app/uninstalled", body).status_code
+
+    worker = threading.Thread(target=worker_batch)
+    worker.start()
+    assert locked.wait(timeout=20)
+    web = threading.Thread(target=uninstall)
+    web.start()
+    web.join(
+        timeout=1.5
+    )  # past PostgreSQL's deadlock_timeout (1 s) were it to deadlock
+    go.set()
+    worker.join(timeout=30)
+    web.join(timeout=30)
+    assert {"translated": 1, "uninstall": 200} == done
+    assert [EventStatus.HELD] == [e.status for e in events(runtime)]

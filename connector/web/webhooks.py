@@ -185,6 +185,8 @@ def _receive_locked(call: _Call) -> _Done:
     """
     _target_cache().drop(call.key)
     adapter, envelope = call.adapter, call.envelope
+    if not adapter.translation_can_wait(envelope.topic):
+        _translate_waiting_first(call)
     with call.runtime.sessions.begin() as session:
         target = _find_connection(
             session.connection(),
@@ -218,6 +220,31 @@ def _receive_locked(call: _Call) -> _Done:
                 triggered_at=envelope.triggered_at,
             )
     return _Recorded(accepted, translated)
+
+
+def _translate_waiting_first(call: _Call) -> None:
+    """Before a lifecycle delivery locks its connection: what waits for the worker, translated.
+
+    Its own transaction, without the connection's row lock: a worker translating one of these
+    bodies holds the body's lock and then takes the key-share lock on the connection that its
+    events' foreign key needs, so waiting for the body while holding the connection's lock
+    would deadlock with it. Only for a genuine delivery of a store we know; the locked
+    transaction translates any body that arrived in between.
+    """
+    with call.runtime.sessions.begin() as session:
+        target = _find_connection(
+            session.connection(),
+            call.platform,
+            call.connection_id,
+            call.envelope.store,
+        )
+        if target is None:
+            return
+        try:
+            call.adapter.verify(call.req, _secrets(call, target))
+        except SignatureError:
+            return  # the locked path refuses it, as before
+        inbox.translate_connection(session, target.id)
 
 
 def _unknown(call: _Call) -> tuple[Response, int]:
