@@ -27,7 +27,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, select, update
-from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session
 
 from connector import delivery
@@ -88,9 +87,9 @@ def translate_waiting(
 
     One transaction; ``SKIP LOCKED`` on PostgreSQL, so workers running side by side take
     different bodies. A body that fails counts as handled (it waits for a later try). The
-    batch is written without a savepoint per body; should the database refuse one body's
-    writes, the batch is rolled back and taken again body by body, each in its own
-    savepoint, so that one body cannot hold back the others.
+    batch is written without a savepoint per body; should one body's writes fail (refused
+    by the database, or a bug), the batch is rolled back and taken again body by body, each
+    in its own savepoint, so that one body cannot hold back the others.
 
     Raises:
         sqlalchemy.exc.SQLAlchemyError: the database failed; nothing of this batch is kept.
@@ -98,8 +97,11 @@ def translate_waiting(
     now = now or utcnow()
     try:
         return _translate_batch(runtime, limit, now, isolated=False)
-    except (DBAPIError, StatementError):
-        log.warning("a webhook body's writes were refused; translating one by one")
+    except Exception as exc:  # a refused write, or a bug: each body on its own
+        log.warning(
+            "a batch of webhook bodies failed (%s); translating them one by one",
+            type(exc).__name__,
+        )
         return _translate_batch(runtime, limit, now, isolated=True)
 
 
@@ -150,9 +152,7 @@ def _translate(
     if not isolated:
         try:
             receipt, events = _translation(row)
-        except (
-            Exception
-        ) as exc:  # any failure: try again later, never lose the delivery
+        except Exception as exc:  # any failure: try again later, never lose it
             _failed(session, row, exc, now)
             return
         queries.record_translation(

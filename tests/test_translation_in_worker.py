@@ -468,3 +468,26 @@ def test_an_uninstall_while_a_worker_translates_that_store_waits_without_a_deadl
     web.join(timeout=30)
     assert {"translated": 1, "uninstall": 200} == done
     assert [EventStatus.HELD] == [e.status for e in events(runtime)]
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_a_bug_while_writing_one_body_never_stops_the_worker(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a database error but a plain bug in the write: the same fallback, no crash."""
+    post("orders/paid", order_bytes(id=1001))
+    post("orders/paid", order_bytes(id=1002))
+    with runtime.sessions() as session:
+        broken = min(session.scalars(select(WebhookBody.receipt_id)))
+    record = queries.record_translation
+
+    def buggy(session: Any, receipt_id: int, *args: Any, **kwargs: Any) -> Any:
+        if receipt_id == broken:
+            raise TypeError("a bug")
+        return record(session, receipt_id, *args, **kwargs)
+
+    monkeypatch.setattr(queries, "record_translation", buggy)
+    assert 2 == inbox.translate_waiting(runtime)
+    assert ["1002"] == [e.order_ref for e in events(runtime)]
+    [left] = bodies(runtime)
+    assert (broken, 1, "TypeError") == (left.receipt_id, left.attempts, left.last_error)
