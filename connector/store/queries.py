@@ -137,8 +137,8 @@ def _delivery_statements(dialect: str) -> tuple[Any, Any]:
 # nothing is written, instead of a foreign-key violation; one deleted after it waits for this
 # statement, and its cascade takes these rows along. With a guard, ``g`` is also empty when the
 # row no longer holds the values the caller verified and translated the delivery with.
-_RECORD_DELIVERY_PG = text(
-    """
+# ``g`` and the receipt ``r`` are the part both PostgreSQL statements of a delivery share.
+_RECEIPT_UNDER_GUARD = """
     WITH g AS (
         SELECT id FROM connections
         WHERE id = :connection_id AND (NOT :guarded OR (status = :guard_status
@@ -156,7 +156,11 @@ _RECORD_DELIVERY_PG = text(
         FROM g
         ON CONFLICT (connection_id, delivery_id) DO NOTHING
         RETURNING id
-    ), e AS (
+    )"""
+
+_RECORD_DELIVERY_PG = text(
+    _RECEIPT_UNDER_GUARD  # noqa: S608 - two constants joined: no input reaches the SQL
+    + """, e AS (
         INSERT INTO events (connection_id, event_name, event_id, event_time, payload, status,
             attempts, send_count, next_attempt_at, created_at, order_ref, customer_ref,
             match_keys)
@@ -528,27 +532,10 @@ def _record_events(
 
 
 # PostgreSQL, a delivery whose translation waits for the worker (connector.inbox): the
-# receipt and the sealed body in one statement, under the same guard as _RECORD_DELIVERY_PG.
+# receipt and the sealed body in one statement: the same guarded receipt as _RECORD_DELIVERY_PG.
 _RECORD_WAITING_PG = text(
-    """
-    WITH g AS (
-        SELECT id FROM connections
-        WHERE id = :connection_id AND (NOT :guarded OR (status = :guard_status
-            AND store = :guard_store
-            AND CAST(settings AS text) IS NOT DISTINCT FROM :guard_settings
-            AND test_event_code IS NOT DISTINCT FROM :guard_test_event_code
-            AND webhook_secret IS NOT DISTINCT FROM :guard_webhook_secret))
-        FOR KEY SHARE
-    ), r AS (
-        INSERT INTO webhook_receipts (platform, connection_id, delivery_id, topic, event_ref,
-            api_version, triggered_at, received_at, outcome, detail, order_ref, customer_ref)
-        SELECT :platform, g.id, :delivery_id, :topic, :event_ref, :api_version,
-            CAST(:triggered_at AS timestamptz), CAST(:received_at AS timestamptz), :outcome,
-            :detail, :order_ref, :customer_ref
-        FROM g
-        ON CONFLICT (connection_id, delivery_id) DO NOTHING
-        RETURNING id
-    ), b AS (
+    _RECEIPT_UNDER_GUARD  # noqa: S608 - two constants joined: no input reaches the SQL
+    + """, b AS (
         INSERT INTO webhook_bodies (receipt_id, sealed, attempts, available_at)
         SELECT r.id, :sealed, 0, CAST(:received_at AS timestamptz) FROM r
         RETURNING receipt_id
