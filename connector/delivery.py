@@ -8,7 +8,8 @@ whichever way it went.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,40 @@ def parse_json(body: bytes) -> Any:
         RecursionError
     ) as exc:  # thousands of nested brackets: no platform sends that
         raise PayloadError("the body is nested too deeply") from exc
+
+
+def connection_info(
+    *,
+    id: str,
+    platform: str,
+    store: str,
+    settings: Mapping[str, Any] | None,
+    test_event_code: str | None,
+) -> ConnectionInfo:
+    """What translation may know of a connection, from its stored columns."""
+    return ConnectionInfo(
+        id=id,
+        platform=platform,
+        store=store,
+        settings=dict(settings or {}),
+        # Test mode is having a test_event_code: a test order must never reach Meta as real.
+        test_mode=bool(test_event_code),
+    )
+
+
+def envelope_receipt(
+    platform: str, connection_id: str, delivery_id: str, envelope: Envelope
+) -> queries.ReceiptIn:
+    """The receipt of a delivery as its headers describe it, before any outcome."""
+    return queries.ReceiptIn(
+        platform=platform,
+        connection_id=connection_id,
+        delivery_id=delivery_id,
+        topic=envelope.topic,
+        event_ref=envelope.event_ref,
+        api_version=envelope.api_version,
+        triggered_at=envelope.triggered_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +112,10 @@ def translate(
     outcome_name = (
         "accepted" if outcome.events else ("action" if outcome.action else "skipped")
     )
-    receipt = queries.ReceiptIn(
-        platform=platform,
-        connection_id=info.id,
-        delivery_id=adapter.delivery_id(envelope, payload),
-        topic=envelope.topic,
-        event_ref=envelope.event_ref,
-        api_version=envelope.api_version,
-        triggered_at=envelope.triggered_at,
+    receipt = replace(
+        envelope_receipt(
+            platform, info.id, adapter.delivery_id(envelope, payload), envelope
+        ),
         outcome=outcome_name,
         detail=outcome.skipped,
         order_ref=outcome.order_ref,

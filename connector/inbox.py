@@ -26,13 +26,13 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, delete, select, update
 from sqlalchemy.orm import Session
 
 from connector import delivery
 from connector.crypto import keyring
 from connector.errors import PayloadError
-from connector.platform import ConnectionInfo, Envelope
+from connector.platform import Envelope
 from connector.registry import get_adapter
 from connector.runtime import Runtime
 from connector.store import queries
@@ -134,11 +134,6 @@ def translate_connection(session: Session, connection_id: str) -> int:
     return len(rows)
 
 
-def waiting_count(session: Session) -> int:
-    """Bodies waiting for the worker."""
-    return int(session.scalar(select(func.count()).select_from(_B)) or 0)
-
-
 def _translate(
     session: Session, row: Any, now: datetime, *, isolated: bool = True
 ) -> None:
@@ -171,13 +166,12 @@ def _translate(
 
 def _translation(row: Any) -> tuple[queries.ReceiptIn, tuple[Any, ...]]:
     adapter = get_adapter(row.platform)
-    info = ConnectionInfo(
+    info = delivery.connection_info(
         id=row.connection_id,
         platform=row.platform,
         store=row.store,
-        settings=dict(row.settings or {}),
-        # Test mode is having a test_event_code: a test order must never reach Meta as real.
-        test_mode=bool(row.test_event_code),
+        settings=row.settings,
+        test_event_code=row.test_event_code,
     )
     envelope = Envelope(
         topic=row.topic,
@@ -188,14 +182,8 @@ def _translation(row: Any) -> tuple[queries.ReceiptIn, tuple[Any, ...]]:
         triggered_at=row.triggered_at,
     )
     body = keyring.unseal(row.sealed, body_context(row.connection_id, row.delivery_id))
-    base = queries.ReceiptIn(
-        platform=row.platform,
-        connection_id=row.connection_id,
-        delivery_id=row.delivery_id,
-        topic=row.topic,
-        event_ref=row.event_ref,
-        api_version=row.api_version,
-        triggered_at=row.triggered_at,
+    base = delivery.envelope_receipt(
+        row.platform, row.connection_id, row.delivery_id, envelope
     )
     try:
         payload = delivery.parse_json(body)

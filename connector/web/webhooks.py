@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -289,13 +289,12 @@ def _verify(call: _Call, target: _Target) -> None:
 
 
 def _info(target: _Target) -> ConnectionInfo:
-    return ConnectionInfo(
+    return delivery.connection_info(
         id=target.id,
         platform=target.platform,
         store=target.store,
-        settings=dict(target.settings or {}),
-        # Test mode is having a test_event_code: a test order must never reach Meta as real.
-        test_mode=bool(target.test_event_code),
+        settings=target.settings,
+        test_event_code=target.test_event_code,
     )
 
 
@@ -341,14 +340,8 @@ def _waiting(call: _Call, target: _Target) -> tuple[_Delivery, bytes] | None:
         if storable.text_problem(body, payload) is not None:
             return None
         delivery_id = call.adapter.delivery_id(envelope, payload)
-    receipt = queries.ReceiptIn(
-        platform=call.platform,
-        connection_id=target.id,
-        delivery_id=delivery_id,
-        topic=envelope.topic,
-        event_ref=envelope.event_ref,
-        api_version=envelope.api_version,
-        triggered_at=envelope.triggered_at,
+    receipt = replace(
+        delivery.envelope_receipt(call.platform, target.id, delivery_id, envelope),
         outcome=queries.WAITING,
     )
     if storable.unfit(receipt, ()) is not None:
