@@ -34,7 +34,13 @@ from connector.store.models import (
 )
 from connector.web import create_app
 from tests.conftest import fixture_bytes
-from tests.test_shopify_webhooks import SHOP, headers_for, order_bytes
+from tests.test_shopify_webhooks import (
+    SHOP,
+    events,
+    headers_for,
+    order_bytes,
+    receipts,
+)
 from tests.test_shopify_webhooks import order_of_customer_191167 as customer_order
 
 SECRET = "shpss_current"
@@ -75,16 +81,6 @@ def post(runtime: Runtime) -> Post:
 def postgres_only(is_postgres: bool) -> None:
     if not is_postgres:
         pytest.skip("the web process leaves translation to the worker on PostgreSQL")
-
-
-def events(runtime: Runtime) -> list[Event]:
-    with runtime.sessions() as session:
-        return list(session.scalars(select(Event).order_by(Event.id)))
-
-
-def receipts(runtime: Runtime) -> list[WebhookReceipt]:
-    with runtime.sessions() as session:
-        return list(session.scalars(select(WebhookReceipt).order_by(WebhookReceipt.id)))
 
 
 def bodies(runtime: Runtime) -> list[WebhookBody]:
@@ -371,10 +367,21 @@ def test_the_setting_takes_inline_or_worker_only(
 
 
 @pytest.mark.usefixtures("postgres_only", "shop")
-def test_a_write_the_database_refuses_sets_back_only_its_own_body(
-    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "failure",
+    [
+        pytest.param(
+            DataError("UPDATE webhook_receipts ...", {}, ValueError("refused")),
+            id="refused-by-the-database",
+        ),
+        pytest.param(TypeError("a bug"), id="a-bug-in-the-write"),
+    ],
+)
+def test_one_bodys_failed_write_sets_back_only_that_body(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
-    """The batch is taken again body by body: the others are translated, this one waits."""
+    """The batch is taken again body by body: the others are translated, this one waits,
+    and the worker loop goes on."""
     post("orders/paid", order_bytes(id=1001))
     post("orders/paid", order_bytes(id=1002))
     with runtime.sessions() as session:
@@ -383,14 +390,14 @@ def test_a_write_the_database_refuses_sets_back_only_its_own_body(
 
     def refuse_one(session: Any, receipt_id: int, *args: Any, **kwargs: Any) -> Any:
         if receipt_id == refused:
-            raise DataError("UPDATE webhook_receipts ...", {}, ValueError("refused"))
+            raise failure
         return record(session, receipt_id, *args, **kwargs)
 
     monkeypatch.setattr(queries, "record_translation", refuse_one)
     assert 2 == inbox.translate_waiting(runtime)
     assert ["1002"] == [e.order_ref for e in events(runtime)]
     [left] = bodies(runtime)
-    assert (refused, 1, "DataError") == (
+    assert (refused, 1, type(failure).__name__) == (
         left.receipt_id,
         left.attempts,
         left.last_error,
@@ -468,26 +475,3 @@ def test_an_uninstall_while_a_worker_translates_that_store_waits_without_a_deadl
     web.join(timeout=30)
     assert {"translated": 1, "uninstall": 200} == done
     assert [EventStatus.HELD] == [e.status for e in events(runtime)]
-
-
-@pytest.mark.usefixtures("postgres_only", "shop")
-def test_a_bug_while_writing_one_body_never_stops_the_worker(
-    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Not a database error but a plain bug in the write: the same fallback, no crash."""
-    post("orders/paid", order_bytes(id=1001))
-    post("orders/paid", order_bytes(id=1002))
-    with runtime.sessions() as session:
-        broken = min(session.scalars(select(WebhookBody.receipt_id)))
-    record = queries.record_translation
-
-    def buggy(session: Any, receipt_id: int, *args: Any, **kwargs: Any) -> Any:
-        if receipt_id == broken:
-            raise TypeError("a bug")
-        return record(session, receipt_id, *args, **kwargs)
-
-    monkeypatch.setattr(queries, "record_translation", buggy)
-    assert 2 == inbox.translate_waiting(runtime)
-    assert ["1002"] == [e.order_ref for e in events(runtime)]
-    [left] = bodies(runtime)
-    assert (broken, 1, "TypeError") == (left.receipt_id, left.attempts, left.last_error)
