@@ -119,49 +119,96 @@ def _translate_batch(
     return len(rows)
 
 
-def translate_connection(session: Session, connection_id: str) -> int:
+def translate_connection(
+    session: Session, connection_id: str, *, nowait: bool = False
+) -> int:
     """Translate every body still waiting for one connection, in the caller's transaction.
 
     Waits for a worker translating one of them meanwhile (no ``SKIP LOCKED``), so that what
-    the caller does next (an uninstall, a redaction) sees every event those bodies make.
+    the caller does next (an uninstall, a redaction) sees every event those bodies make;
+    with ``nowait``, a body another transaction holds raises at once instead
+    (PostgreSQL's ``lock_not_available``, SQLSTATE 55P03). A body that fails to translate
+    here stays as it was, its tries unspent: the worker tries it on its own schedule.
+    Returns how many bodies were translated.
+
+    Raises:
+        sqlalchemy.exc.OperationalError: with ``nowait``, a body is locked elsewhere.
     """
     rows = session.execute(
-        _WAITING.where(_R.c.connection_id == connection_id).with_for_update(of=_B)
+        _WAITING.where(_R.c.connection_id == connection_id).with_for_update(
+            of=_B, nowait=nowait
+        )
     ).all()
     now = utcnow()
-    for row in rows:
-        _translate(session, row, now)
-    return len(rows)
+    return sum(_translate(session, row, now, count_failure=False) for row in rows)
+
+
+def drop_waiting(session: Session, connection_id: str, reason: str) -> int:
+    """Delete the bodies still waiting for one connection; their receipts say ``failed``.
+
+    For a customer redaction, after :func:`translate_connection`: a body that could not be
+    translated cannot be told apart by customer, so none may outlive the redaction. Returns
+    how many were deleted.
+    """
+    ids = list(
+        session.scalars(
+            select(_B.c.receipt_id)
+            .join(_R, _R.c.id == _B.c.receipt_id)
+            .where(_R.c.connection_id == connection_id)
+        )
+    )
+    if ids:
+        session.execute(delete(_B).where(_B.c.receipt_id.in_(ids)))
+        session.execute(
+            update(_R).where(_R.c.id.in_(ids)).values(outcome="failed", detail=reason)
+        )
+    return len(ids)
 
 
 def _translate(
-    session: Session, row: Any, now: datetime, *, isolated: bool = True
-) -> None:
+    session: Session,
+    row: Any,
+    now: datetime,
+    *,
+    isolated: bool = True,
+    count_failure: bool = True,
+) -> bool:
     """One body: its events recorded and the body deleted, or the failure recorded.
 
-    A failure of the translation itself (before anything is written) is recorded either
-    way. ``isolated`` puts the writes in a savepoint, so that a write the database refuses
-    is recorded as this body's failure; without it, that error ends the caller's
-    transaction (see :func:`translate_waiting`).
+    True when translated. A failure of the translation itself (before anything is written)
+    is recorded either way, unless ``count_failure`` is off (the body then stays as it was).
+    ``isolated`` puts the writes in a savepoint, so that a write the database refuses is
+    recorded as this body's failure; without it, that error ends the caller's transaction
+    (see :func:`translate_waiting`).
     """
-    if not isolated:
-        try:
-            receipt, events = _translation(row)
-        except Exception as exc:  # any failure: try again later, never lose it
-            _failed(session, row, exc, now)
-            return
-        queries.record_translation(
-            session, row.receipt_id, receipt, events, received_at=row.received_at
-        )
-        return
     try:
-        with session.begin_nested():
-            receipt, events = _translation(row)
-            queries.record_translation(
-                session, row.receipt_id, receipt, events, received_at=row.received_at
-            )
+        if isolated:
+            with session.begin_nested():
+                receipt, events = _translation(row)
+                queries.record_translation(
+                    session,
+                    row.receipt_id,
+                    receipt,
+                    events,
+                    received_at=row.received_at,
+                )
+            return True
+        receipt, events = _translation(row)
     except Exception as exc:  # any failure: try again later, never lose the delivery
-        _failed(session, row, exc, now)
+        if count_failure:
+            _failed(session, row, exc, now)
+        else:
+            log.warning(
+                "webhook receipt %s: translation failed (%s); the worker tries again",
+                row.receipt_id,
+                type(exc).__name__,
+            )
+        return False
+    # Not isolated: a refused write ends the caller's transaction.
+    queries.record_translation(
+        session, row.receipt_id, receipt, events, received_at=row.received_at
+    )
+    return True
 
 
 def _translation(row: Any) -> tuple[queries.ReceiptIn, tuple[Any, ...]]:

@@ -32,7 +32,7 @@ from connector.store.models import (
     WebhookReceipt,
     utcnow,
 )
-from connector.web import create_app
+from connector.web import create_app, webhooks
 from tests.conftest import fixture_bytes
 from tests.test_shopify_webhooks import (
     SHOP,
@@ -474,4 +474,94 @@ def test_an_uninstall_while_a_worker_translates_that_store_waits_without_a_deadl
     worker.join(timeout=30)
     web.join(timeout=30)
     assert {"translated": 1, "uninstall": 200} == done
+    assert [EventStatus.HELD] == [e.status for e in events(runtime)]
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_a_body_that_fails_to_translate_does_not_outlive_a_customer_redaction(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Untranslatable when the redaction comes: deleted, its receipt failed, no event later."""
+    post("orders/paid", customer_order(299938))
+    translation = inbox._translation
+
+    def transient(row: Any) -> Any:
+        raise RuntimeError("transient")
+
+    monkeypatch.setattr(inbox, "_translation", transient)
+    rv = post("customers/redact", fixture_bytes("shopify/customers_redact.json"))
+    assert {"status": "action", "new_events": 0} == rv.get_json()
+    assert [] == bodies(runtime)
+    [order] = [r for r in receipts(runtime) if r.topic == "orders/paid"]
+    assert "failed" == order.outcome
+    assert "customer redaction" in (order.detail or "")
+    monkeypatch.setattr(inbox, "_translation", translation)
+    assert 0 == inbox.translate_waiting(runtime, now=utcnow() + timedelta(hours=2))
+    assert [] == events(runtime)
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_a_lifecycle_delivery_spends_no_tries_of_a_body_it_cannot_translate(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker keeps all its tries: an uninstall's passes over the body count none."""
+    post("orders/paid", order_bytes(id=1001))
+
+    def transient(row: Any) -> Any:
+        raise RuntimeError("transient")
+
+    monkeypatch.setattr(inbox, "_translation", transient)
+    rv = post("app/uninstalled", fixture_bytes("shopify/app_uninstalled.json"))
+    assert 200 == rv.status_code
+    [body] = bodies(runtime)
+    assert 0 == body.attempts
+
+
+@pytest.mark.usefixtures("postgres_only", "shop")
+def test_a_body_a_worker_takes_after_the_first_pass_costs_no_deadlock(
+    runtime: Runtime, post: Post, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body arrives after the lifecycle delivery's unlocked pass and a worker holds it:
+    the locked transaction does not wait for it (NOWAIT) but starts over, and both finish."""
+    post("orders/paid", order_bytes(id=1001))
+    first_pass = webhooks._translate_waiting_first
+    passes: list[int] = []
+
+    def later_arrival(call: Any) -> None:
+        passes.append(1)
+        if len(passes) > 1:  # the first pass saw nothing: the body came after it
+            first_pass(call)
+
+    monkeypatch.setattr(webhooks, "_translate_waiting_first", later_arrival)
+    locked, go = threading.Event(), threading.Event()
+    translation = inbox._translation
+
+    def slow(row: Any) -> Any:
+        locked.set()
+        go.wait(timeout=20)
+        return translation(row)
+
+    monkeypatch.setattr(inbox, "_translation", slow)
+    done: dict[str, Any] = {}
+
+    def worker_batch() -> None:
+        done["translated"] = inbox.translate_waiting(runtime)
+
+    def uninstall() -> None:
+        body = fixture_bytes("shopify/app_uninstalled.json")
+        done["uninstall"] = post("app/uninstalled", body).status_code
+
+    worker = threading.Thread(target=worker_batch)
+    worker.start()
+    assert locked.wait(timeout=20)
+    web = threading.Thread(target=uninstall)
+    web.start()
+    web.join(
+        timeout=1.5
+    )  # past PostgreSQL's deadlock_timeout (1 s) were it to deadlock
+    go.set()
+    worker.join(timeout=30)
+    web.join(timeout=30)
+    assert {"translated": 1, "uninstall": 200} == done
+    assert len(passes) >= 2
     assert [EventStatus.HELD] == [e.status for e in events(runtime)]

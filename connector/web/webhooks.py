@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, jsonify, request
 from sqlalchemy import Connection as DBConnection
 from sqlalchemy import Engine, Text, bindparam, cast, select, type_coerce, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from connector import delivery, inbox
@@ -177,16 +178,44 @@ def _receive_fast(call: _Call) -> _Done | None:
     return _Recorded(accepted, translated)
 
 
+#: tries of a lifecycle delivery whose store's waiting body a worker holds (see below)
+_LOCKED_TRIES = 3
+
+
 def _receive_locked(call: _Call) -> _Done:
     """Every delivery on SQLite, lifecycle ones and the fast path's leftovers on PostgreSQL.
 
     One transaction that reads the connection's row under FOR UPDATE, so nothing changes it
-    until the delivery, and its action, are recorded.
+    until the delivery, and its action, are recorded. A lifecycle delivery first translates
+    what waits for its store without that lock (:func:`_translate_waiting_first`); inside it,
+    a body that arrived meanwhile is translated only if no worker holds it (NOWAIT): a worker
+    holding it needs the store's key-share lock, so waiting for it there would deadlock. The
+    whole transaction is then tried again, up to :data:`_LOCKED_TRIES` times.
     """
     _target_cache().drop(call.key)
+    lifecycle = not call.adapter.translation_can_wait(call.envelope.topic)
+    for attempt in range(1, _LOCKED_TRIES + 1):
+        if lifecycle:
+            _translate_waiting_first(call)
+        try:
+            return _receive_locked_once(call, nowait=attempt < _LOCKED_TRIES)
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            log.info(
+                "webhook %s %s: a worker holds a waiting body of the store; trying again",
+                call.platform,
+                call.envelope.topic,
+            )
+    raise AssertionError("unreachable: the last try waits for the lock")
+
+
+#: PostgreSQL's SQLSTATE for a row lock NOWAIT could not take
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def _receive_locked_once(call: _Call, *, nowait: bool) -> _Done:
     adapter, envelope = call.adapter, call.envelope
-    if not adapter.translation_can_wait(envelope.topic):
-        _translate_waiting_first(call)
     with call.runtime.sessions.begin() as session:
         target = _find_connection(
             session.connection(),
@@ -210,7 +239,7 @@ def _receive_locked(call: _Call) -> _Done:
             # Deliveries received before this one and still waiting for the worker are
             # translated first, so an uninstall holds their events and a redaction or a
             # data request sees them.
-            inbox.translate_connection(session, target.id)
+            inbox.translate_connection(session, target.id, nowait=nowait)
             _apply_action(
                 session,
                 target,
@@ -539,6 +568,14 @@ def _apply_action(
         if conn is not None:
             queries.mark_uninstalled(session, conn, now=now)
     elif isinstance(action, RedactCustomer):
+        # A body that could not be translated just now cannot be told apart by customer:
+        # none may outlive the redaction (the order sweep finds the other orders again).
+        inbox.drop_waiting(
+            session,
+            target.id,
+            "deleted untranslated by a customer redaction; the order sweep finds the"
+            " order at the store",
+        )
         queries.redact_customer(
             session, target.id, action.customer_ref, action.order_refs
         )
